@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# Session fixtures shared by several test modules (tests/ is on sys.path: no __init__.py).
+from chroma_server import chroma_server  # noqa: E402,F401
+from tiny_llama import tiny_llama_path  # noqa: E402,F401
+
 # Offline by construction: nothing may reach the Hugging Face Hub from tests.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -24,6 +28,8 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running; opt in with --run-slow")
     config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU; skipped without one")
+    # Collections made with embedding_function=None warn on every configuration read.
+    config.addinivalue_line("filterwarnings", "ignore:legacy embedding function config:DeprecationWarning")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -26,6 +26,8 @@ __all__ = [
     "EncoderConfig",
     "ChunkConfig",
     "ChromaConfig",
+    "RetrievalConfig",
+    "GeneratorConfig",
     "load_config",
     "from_mapping",
     "to_dict",
