@@ -28,6 +28,12 @@ __all__ = [
     "ChromaConfig",
     "RetrievalConfig",
     "GeneratorConfig",
+    "TableNames",
+    "DocumentColumns",
+    "QuestionColumns",
+    "IngestOptions",
+    "AnswerOptions",
+    "RagConfig",
     "load_config",
     "from_mapping",
     "to_dict",
@@ -252,3 +258,73 @@ class GeneratorConfig:
     # extractive: a sentence scoring below this cosine similarity to the question abstains
     extractive_threshold: float = 0.35
     extractive_sentences: int = 1  # best-scoring sentences joined into the answer
+
+
+@dataclass(frozen=True)
+class TableNames:
+    """The project's tables: catalog names (``schema.table``) or paths."""
+
+    documents: str = "rag.documents"
+    questions: str = "rag.questions"
+    chunks: str = "rag.chunks"
+    answers: str = "rag.answers"
+    runs: str = "rag.runs"  # one row per job run, shared by every job
+    rejects: str = "rag.rejects"  # bad input rows with the reason, shared by every job
+    metrics: str = "rag.metrics"  # evaluation results
+
+
+@dataclass(frozen=True)
+class DocumentColumns:
+    """Which columns of the documents table are what."""
+
+    id: str = "doc_id"
+    text: str = "text"
+    title: str | None = "title"  # None: documents have no title
+    metadata: tuple[str, ...] = ()  # become Chroma metadata, usable by pre-query filters
+
+
+@dataclass(frozen=True)
+class QuestionColumns:
+    """Which columns of the questions table are what."""
+
+    id: str = "question_id"
+    question: str = "question"
+    history: str | None = None  # array<struct<role,content>> of earlier turns (ChatQA is conversational)
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    full_refresh: bool = False  # re-embed and reload everything
+    max_document_chars: int = 2_000_000  # larger documents are rejected, not allowed to stall a task
+    # embedded Chroma is written by one writer on the driver (two writers corrupt it);
+    # a server is written by the executors in parallel.
+    progress_every: int = 5000  # chunks between progress lines in the Chroma load
+
+
+@dataclass(frozen=True)
+class AnswerOptions:
+    run_id: str | None = None  # None: a new run; give one to resume it
+    resume: bool = False  # answer only questions without a successful answer in run_id
+    keep_prompt: bool = False  # store the exact prompt in the answers table
+    limit: int | None = None  # answer at most N questions (smoke runs)
+    # How executors reach an embedded Chroma: ship a snapshot (clusters) or open the
+    # path directly (local mode / a shared disk). auto: shared on local masters.
+    chroma_access: Literal["auto", "snapshot", "shared"] = "auto"
+
+
+@dataclass(frozen=True)
+class RagConfig:
+    """Everything both jobs need; one YAML file per environment fills it."""
+
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    tables: TablesConfig = field(default_factory=TablesConfig)
+    names: TableNames = field(default_factory=TableNames)
+    documents: DocumentColumns = field(default_factory=DocumentColumns)
+    questions: QuestionColumns = field(default_factory=QuestionColumns)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    chunking: ChunkConfig = field(default_factory=ChunkConfig)
+    chroma: ChromaConfig = field(default_factory=ChromaConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    ingest: IngestOptions = field(default_factory=IngestOptions)
+    answer: AnswerOptions = field(default_factory=AnswerOptions)

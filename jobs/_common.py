@@ -1,0 +1,75 @@
+"""Argument parsing shared by every job: ``--config`` YAML, ``--set key=value`` overrides, logging."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Sequence
+
+from sparkrag.config import RagConfig, load_config, to_dict
+
+__all__ = ["base_parser", "rag_config_from_args", "setup_logging"]
+
+
+def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A parser with the options every job takes."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "Any setting of the YAML file can be overridden with --set section.key=value, e.g.\n"
+            "  --set names.documents=main.rag.documents --set chroma.mode=server --set chroma.port=8000\n"
+            "Sections: spark, tables, names, documents, questions, encoder, chunking, chroma,\n"
+            "retrieval, generator, ingest, answer (see resources/config/local.yaml)."
+        ),
+    )
+    parser.add_argument("--config", metavar="YAML", help="settings file (default: built-in defaults)")
+    parser.add_argument(
+        "--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+        help="override one setting; repeatable; VALUE is YAML (true, 3, [a, b], {k: v})",
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def rag_config_from_args(args: argparse.Namespace, shortcuts: dict[str, str] | None = None) -> RagConfig:
+    """Build the frozen config: YAML, then shortcut flags, then ``--set`` (last wins).
+
+    ``shortcuts`` maps an argparse dest (e.g. ``documents``) to a config key
+    (``names.documents``); a shortcut given on the command line becomes an override.
+    """
+    overrides = []
+    for dest, key in (shortcuts or {}).items():
+        value = getattr(args, dest, None)
+        if value is None or value is False:
+            continue
+        overrides.append(f"{key}={json.dumps(value) if not isinstance(value, str) else _yaml_str(value)}")
+    overrides.extend(args.overrides)
+    return load_config(RagConfig, args.config, overrides)
+
+
+def _yaml_str(value: str) -> str:
+    # Quote so that YAML keeps it a string ("1e3", "yes", "null" would otherwise change type).
+    return json.dumps(value)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("py4j", "chromadb", "httpx", "urllib3", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def log_config(cfg: RagConfig) -> None:
+    logging.getLogger("sparkrag").info("config: %s", json.dumps(to_dict(cfg), default=str))
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    return args

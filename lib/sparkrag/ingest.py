@@ -1,0 +1,234 @@
+"""The ingest job: Delta documents -> chunks -> embeddings on executors -> Delta -> ChromaDB.
+
+Incremental and idempotent. Each document gets a ``doc_hash`` of its content *and* of the
+settings that shape its chunks and vectors (encoder, pooling, prefixes, chunk sizes), so
+a rerun re-embeds exactly the documents whose content or settings changed:
+
+1. plan: compare the input's ``(doc_id, doc_hash)`` pairs with the chunks table's;
+2. embed the new/changed documents on the executors and append their chunks to Delta;
+3. delete the stale pairs (changed, shrunk and vanished documents) from Delta;
+4. bring Chroma in step with the chunks table by ``(chunk_id, doc_hash)``: delete ids the
+   table no longer has, (re)load the ones Chroma lacks or holds with another hash;
+5. verify that Chroma holds exactly the table's chunk ids.
+
+Every step is safe to repeat, so a run killed anywhere and rerun converges to the state
+an uninterrupted run reaches. Rows that cannot be ingested go to the rejects table; a
+rejected document keeps whatever chunks it had.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from sparkrag.config import RagConfig
+from sparkrag.errors import SchemaError
+from sparkrag.runs import RunRecorder, new_run_id, rejects_frame, write_run_record
+from sparkrag.schemas import CHUNKS_SCHEMA
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from sparkrag.tables import Tables
+
+__all__ = ["run_ingest", "settings_fingerprint", "prepare_documents"]
+
+log = logging.getLogger(__name__)
+
+_SCALAR_TYPES = ("string", "int", "bigint", "smallint", "tinyint", "double", "float", "boolean", "date",
+                 "timestamp", "timestamp_ntz", "decimal")
+
+
+def settings_fingerprint(cfg: RagConfig) -> str:
+    """Hash of every setting that changes a document's chunks or vectors."""
+    enc, chunk = cfg.encoder, cfg.chunking
+    shaping = [enc.model, enc.pooling, enc.normalize, enc.passage_prefix, enc.max_length,
+               chunk.max_tokens, chunk.overlap_tokens]
+    return hashlib.sha256(json.dumps(shaping).encode()).hexdigest()[:16]
+
+
+def _check_input(df: "DataFrame", cfg: RagConfig, table: str) -> None:
+    """Fail before any work when a configured column is missing or of an unusable type."""
+    cols = cfg.documents
+    wanted = {cols.id: "documents.id", cols.text: "documents.text"}
+    if cols.title:
+        wanted[cols.title] = "documents.title"
+    wanted.update({c: "documents.metadata" for c in cols.metadata})
+    types = dict(df.dtypes)
+    missing = [f"{c!r} (option {opt})" for c, opt in wanted.items() if c not in types]
+    if missing:
+        raise SchemaError(f"documents table {table}: missing column(s) {', '.join(missing)}; has {sorted(types)}")
+    if types[cols.text] != "string":
+        raise SchemaError(f"documents table {table}: column {cols.text!r} (documents.text) must be a string, "
+                          f"got {types[cols.text]}")
+    for col in [cols.id, *([cols.title] if cols.title else []), *cols.metadata]:
+        if not types[col].startswith(_SCALAR_TYPES):
+            raise SchemaError(f"documents table {table}: column {col!r} is {types[col]}; only scalar columns "
+                              "can be ids, titles or Chroma metadata")
+
+
+def prepare_documents(df: "DataFrame", cfg: RagConfig, *, table: str) -> tuple["DataFrame", "DataFrame"]:
+    """Normalise the documents and split off bad rows.
+
+    Returns:
+        (valid, bad): ``valid`` has doc_id, text, title, metadata, doc_hash; ``bad`` has
+        the input columns plus ``_reason`` and ``_column``.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    _check_input(df, cfg, table)
+    cols = cfg.documents
+    meta_keys = sorted(cols.metadata)
+    metadata = (F.map_from_arrays(F.array(*[F.lit(k) for k in meta_keys]),
+                                  F.array(*[F.col(f"`{k}`").cast("string") for k in meta_keys]))
+                if meta_keys else F.lit(None).cast("map<string,string>"))
+    title = F.col(f"`{cols.title}`").cast("string") if cols.title else F.lit(None).cast("string")
+    doc_id = F.col(f"`{cols.id}`").cast("string")
+    text = F.col(f"`{cols.text}`")
+    dupes = F.count(F.lit(1)).over(Window.partitionBy(doc_id))
+    reason = (F.when(doc_id.isNull() | (F.trim(doc_id) == ""), F.lit("null or empty document id"))
+              .when(text.isNull() | (F.trim(text) == ""), F.lit("null or empty text"))
+              .when(F.length(text) > cfg.ingest.max_document_chars,
+                    F.concat(F.lit("document too large: "), F.length(text).cast("string"),
+                             F.lit(f" chars > ingest.max_document_chars={cfg.ingest.max_document_chars}")))
+              .when(dupes > 1, F.concat(F.lit("duplicate document id ("), dupes.cast("string"), F.lit(" rows)"))))
+    column = (F.when(doc_id.isNull() | (F.trim(doc_id) == "") | (dupes > 1), F.lit(cols.id)).otherwise(F.lit(cols.text)))
+    checked = df.withColumn("_reason", reason).withColumn("_column", F.when(F.col("_reason").isNotNull(), column))
+    bad = checked.where(F.col("_reason").isNotNull())
+    fingerprint = settings_fingerprint(cfg)
+    valid = checked.where(F.col("_reason").isNull()).select(
+        doc_id.alias("doc_id"), text.alias("text"), title.alias("title"), metadata.alias("metadata"))
+    valid = valid.withColumn("doc_hash", F.sha2(F.concat_ws("\u0001", F.lit(fingerprint), F.to_json(
+        F.struct("text", "title", F.to_json("metadata").alias("m")))), 256))
+    return valid, bad
+
+
+def run_ingest(spark: "SparkSession", cfg: RagConfig, *, run_id: str | None = None) -> dict[str, Any]:
+    """Run the ingest job; returns the run record (counts, stage seconds, outputs).
+
+    Raises:
+        SchemaError: a configured column is missing or unusable (before any work).
+        VectorStoreError: the collection belongs to another encoder, or Chroma does not
+            hold exactly the chunks table's ids after the load.
+    """
+    from sparkrag.embed import encoder_info
+    from sparkrag.tables import open_tables
+
+    tables = open_tables(spark, cfg.tables)
+    model_id, dim = encoder_info(cfg.encoder, "passage")
+    rec = RunRecorder("ingest", cfg, run_id or new_run_id("ingest"), embedding_model=model_id)
+    names = cfg.names
+    rec.outputs = {"chunks": tables.location(names.chunks), "rejects": tables.location(names.rejects),
+                   "runs": tables.location(names.runs),
+                   "chroma": f"{cfg.chroma.mode}:{cfg.chroma.path if cfg.chroma.mode == 'embedded' else cfg.chroma.host}"
+                             f"/{cfg.chroma.collection}"}
+    log.info("ingest run %s: %s -> %s + Chroma %s", rec.run_id, names.documents, names.chunks, rec.outputs["chroma"])
+    try:
+        _ingest(spark, tables, cfg, rec, model_id, dim)
+    except BaseException as exc:
+        write_run_record(tables, names.runs, rec.record("failed", f"{type(exc).__name__}: {exc}"[:4000]))
+        raise
+    record = rec.record("succeeded")
+    write_run_record(tables, names.runs, record)
+    return record
+
+
+def _ingest(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRecorder, model_id: str, dim: int) -> None:
+    from sparkrag import chroma_sync
+
+    names = cfg.names
+    rec.input_versions[names.documents] = tables.version(names.documents)
+    raw = tables.read(names.documents)
+    valid, bad = prepare_documents(raw, cfg, table=names.documents)
+    chroma_sync.open_for_ingest(cfg, embedding_model=model_id, dim=dim, full_refresh=cfg.ingest.full_refresh)
+    with rec.stage("plan"):
+        valid = valid.cache()
+        plan = _plan(tables, cfg, valid, bad)
+        rec.counts.update(plan["counts"])
+    with rec.stage("rejects"):
+        bad_rows = rejects_frame(bad, run_id=rec.run_id, job="ingest", source_table=names.documents,
+                                 key_col=cfg.documents.id).cache()
+        rec.counts["rejects"] = bad_rows.count()
+        if rec.counts["rejects"]:
+            tables.write(bad_rows, names.rejects, mode="append")
+    with rec.stage("chunk_embed_write"):
+        todo = rec.counts["documents_new"] + rec.counts["documents_changed"]
+        # Nothing to embed writes nothing (a no-op rerun leaves only its run record).
+        rec.counts["chunks_embedded"] = (_embed_and_append(spark, tables, cfg, rec, plan["to_embed"], model_id, dim)
+                                         if todo or (cfg.ingest.full_refresh and rec.counts["documents_valid"]) else 0)
+    with rec.stage("delete_stale"):
+        if plan["stale"] is not None and rec.counts["stale_pairs"]:
+            out = tables.delete_keys(plan["stale"], names.chunks, keys=["doc_id", "doc_hash"])
+            rec.counts["chunks_deleted"] = int(out.get("num_target_rows_deleted", 0))
+    if tables.exists(names.chunks):
+        rec.input_versions[names.chunks] = tables.version(names.chunks)
+    with rec.stage("chroma_load"):
+        chunks = tables.read(names.chunks) if tables.exists(names.chunks) else None
+        sync = chroma_sync.sync_collection(chunks, cfg, embedding_model=model_id, dim=dim,
+                                           progress_every=cfg.ingest.progress_every)
+        rec.counts.update({f"chroma_{k}": v for k, v in sync.items()})
+    valid.unpersist()
+    rec.metrics["chunks_per_second"] = rec.counts["chunks_embedded"] / max(rec.stage_seconds["chunk_embed_write"], 1e-9)
+    log.info("ingest run %s done: %s", rec.run_id, rec.counts)
+
+
+def _plan(tables: "Tables", cfg: RagConfig, valid: "DataFrame", bad: "DataFrame") -> dict[str, Any]:
+    """Which documents to embed and which (doc_id, doc_hash) pairs of the chunks table are stale."""
+    from pyspark.sql import functions as F
+
+    current = valid.select("doc_id", "doc_hash")
+    exists = tables.exists(cfg.names.chunks)
+    if cfg.ingest.full_refresh or not exists:
+        existing = current.limit(0)
+    else:
+        existing = tables.read(cfg.names.chunks).select("doc_id", "doc_hash").distinct()
+    existing = existing.cache()
+    to_embed = valid.join(existing, ["doc_id", "doc_hash"], "left_anti")
+    rejected_ids = bad.select(F.col(f"`{cfg.documents.id}`").cast("string").alias("doc_id")).distinct()
+    # A rejected document keeps its old chunks: bad input must not delete good data.
+    stale = existing.join(current, ["doc_id", "doc_hash"], "left_anti").join(rejected_ids, "doc_id", "left_anti")
+    current_ids, existing_ids = current.select("doc_id"), existing.select("doc_id").distinct()
+    embed_ids = to_embed.select("doc_id")
+    counts = {
+        "documents_read": valid.count() + bad.count(),
+        "documents_valid": valid.count(),
+        "documents_new": embed_ids.join(existing_ids, "doc_id", "left_anti").count(),
+        "documents_changed": embed_ids.join(existing_ids, "doc_id", "left_semi").count(),
+        "documents_unchanged": current.join(existing, ["doc_id", "doc_hash"], "left_semi").count(),
+        "documents_deleted": stale.select("doc_id").distinct().join(current_ids, "doc_id", "left_anti").count(),
+        "stale_pairs": stale.count(),
+    }
+    log.info("ingest plan: %s", counts)
+    if cfg.ingest.full_refresh and exists:
+        counts["stale_pairs"] = 0  # the overwrite below replaces the whole table
+    return {"to_embed": to_embed, "stale": stale, "counts": counts}
+
+
+def _embed_and_append(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRecorder,
+                      to_embed: "DataFrame", model_id: str, dim: int) -> int:
+    """Chunk and embed ``to_embed`` on the executors and append (or, on full refresh, overwrite)."""
+    from pyspark.sql import functions as F
+
+    from sparkrag.chunk import chunk_documents
+    from sparkrag.embed import embed_dataframe
+
+    parallelism = max(spark.sparkContext.defaultParallelism, 1)
+    docs = to_embed.repartition(parallelism * 2, "doc_id")
+    chunks = chunk_documents(docs, encoder=cfg.encoder, chunking=cfg.chunking)
+    embedded = embed_dataframe(chunks, text_col="text", out_col="embedding", cfg=cfg.encoder, role="passage")
+    out = embedded.select(
+        *[F.col(f.name) for f in CHUNKS_SCHEMA.fields if f.name in embedded.columns],
+        F.lit(model_id).alias("embedding_model"), F.lit(dim).alias("embedding_dim"),
+        F.lit(rec.run_id).alias("run_id"), F.current_timestamp().alias("created_at"),
+    ).select(*[F.col(f.name).cast(f.dataType) for f in CHUNKS_SCHEMA.fields])
+    mode = "overwrite" if cfg.ingest.full_refresh else "append"
+    before = tables.version(cfg.names.chunks)
+    # txn: a retried write of this run's chunks commits once.
+    tables.write(out, cfg.names.chunks, mode=mode, txn=(f"sparkrag-ingest-{rec.run_id}", 0),
+                 overwrite_schema=cfg.ingest.full_refresh)
+    if tables.version(cfg.names.chunks) == before:
+        return 0
+    return tables.read(cfg.names.chunks).where(F.col("run_id") == rec.run_id).count()
