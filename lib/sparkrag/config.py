@@ -258,6 +258,9 @@ class GeneratorConfig:
     # extractive: a sentence scoring below this cosine similarity to the question abstains
     extractive_threshold: float = 0.35
     extractive_sentences: int = 1  # best-scoring sentences joined into the answer
+    # GPUs each generation task asks for through a Spark ResourceProfile (stage-level
+    # scheduling: retrieval keeps CPU tasks); 0: no profile (CPU, or local mode).
+    task_gpus: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,67 @@
+"""Answer job: questions Delta table -> retrieval with filters -> ChatQA (GPU) or extractive answers -> Delta.
+
+    spark-submit jobs/answer.py --config resources/config/local.yaml --questions rag.questions
+    sparkrag-answer --generator chatqa --model nvidia/Llama3-ChatQA-1.5-8B --set generator.task_gpus=1
+    (Databricks) python_wheel_task: package_name sparkrag, entry_point sparkrag-answer
+
+Each answer row keeps the exact contexts it was given, the filters applied, token counts,
+latency and lineage. Rows are merged on (question_id, run_id): rerunning a run replaces
+its rows; --resume with --run-id answers only the questions without a successful answer.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Sequence
+
+try:  # one file for spark-submit (a script) and the wheel (sparkrag.jobs.answer)
+    from sparkrag.jobs._common import base_parser, log_config, parse, rag_config_from_args
+except ImportError:  # pragma: no cover - running from a checkout without the package installed
+    from _common import base_parser, log_config, parse, rag_config_from_args  # type: ignore[no-redef]
+
+SHORTCUTS = {
+    "questions": "names.questions",
+    "answers_table": "names.answers",
+    "collection": "chroma.collection",
+    "chroma_path": "chroma.path",
+    "generator": "generator.kind",
+    "model": "generator.model",
+    "run_id": "answer.run_id",
+    "resume": "answer.resume",
+    "limit": "answer.limit",
+    "retrieval_mode": "retrieval.mode",
+}
+
+
+def build_parser():
+    parser = base_parser("sparkrag-answer", __doc__)
+    parser.add_argument("--questions", metavar="TABLE", help="questions Delta table: path or catalog name (names.questions)")
+    parser.add_argument("--answers-table", metavar="TABLE", help="answers Delta table to write (names.answers)")
+    parser.add_argument("--collection", metavar="NAME", help="Chroma collection (chroma.collection)")
+    parser.add_argument("--chroma-path", metavar="DIR", help="embedded Chroma directory (chroma.path)")
+    parser.add_argument("--generator", choices=["extractive", "chatqa"], help="answerer (generator.kind)")
+    parser.add_argument("--model", metavar="ID_OR_PATH", help="causal LM for chatqa: hub id or local folder (generator.model)")
+    parser.add_argument("--retrieval-mode", choices=["ann", "exact"], help="HNSW (Chroma) or brute force (retrieval.mode)")
+    parser.add_argument("--run-id", metavar="ID", help="run id to write under (answer.run_id); default: a new one")
+    parser.add_argument("--resume", action="store_true", help="answer only questions without a successful answer in --run-id")
+    parser.add_argument("--limit", type=int, metavar="N", help="answer at most N questions (answer.limit)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, spark=None) -> dict:
+    """Entry point for spark-submit, the console script and Databricks python_wheel_task."""
+    from sparkrag.answer import run_answer
+    from sparkrag.spark import get_spark
+
+    args = parse(build_parser(), argv)
+    cfg = rag_config_from_args(args, SHORTCUTS)
+    log_config(cfg)
+    record = run_answer(spark or get_spark(cfg.spark), cfg)
+    print(json.dumps({k: record[k] for k in ("run_id", "status", "counts", "metrics", "stage_seconds", "outputs")},
+                     indent=2, default=str))
+    return record
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,185 @@
+"""The answer job: questions -> retrieval with filters -> ChatQA (or extractive) answers -> Delta.
+
+Two Spark stages:
+
+1. **retrieve** (CPU tasks): embed each batch of questions with the query encoder, search
+   Chroma (a server, a shipped snapshot or a shared directory) or the exact index, apply
+   the pre-, in- and post-query filters, and (ChatQA) pack the prompt within the model's
+   window. One failing row records its error; the batch goes on.
+2. **generate**: greedy batched generation with the causal LM, in tasks that ask for a
+   GPU through a Spark ResourceProfile (``generator.task_gpus``) so that retrieval does
+   not hold GPUs; or the extractive answerer (CPU, no LLM).
+
+Every row is written with the exact contexts its answer was given, the filters applied,
+token counts, latency and lineage, merged on ``(question_id, run_id)`` so a rerun of the
+same run replaces rows instead of duplicating them (``--resume`` answers only the questions
+without a successful answer).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from sparkrag.config import RagConfig
+from sparkrag.errors import SchemaError
+from sparkrag.runs import RunRecorder, new_run_id, write_run_record
+from sparkrag.schemas import ANSWERS_SCHEMA
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from sparkrag.tables import Tables
+
+__all__ = ["run_answer", "check_questions", "generator_model_id"]
+
+log = logging.getLogger(__name__)
+
+def generator_model_id(cfg: RagConfig) -> str:
+    """What the answers' ``model_id`` says produced them."""
+    return cfg.generator.model if cfg.generator.kind == "chatqa" else f"extractive:{cfg.encoder.model}"
+
+
+def check_questions(df: "DataFrame", cfg: RagConfig, *, table: str) -> None:
+    """Fail before any work when a column the config names is missing or of the wrong type."""
+    q, r = cfg.questions, cfg.retrieval
+    wanted = {q.id: "questions.id", q.question: "questions.question"}
+    if q.history:
+        wanted[q.history] = "questions.history"
+    wanted.update({col: f"retrieval.where_columns.{key}" for key, col in r.where_columns.items()})
+    if r.where_document_column:
+        wanted[r.where_document_column] = "retrieval.where_document_column"
+    types = dict(df.dtypes)
+    missing = [f"{c!r} (option {opt})" for c, opt in wanted.items() if c not in types]
+    if missing:
+        raise SchemaError(f"questions table {table}: missing column(s) {', '.join(missing)}; has {sorted(types)}")
+    if types[q.question] != "string":
+        raise SchemaError(f"questions table {table}: column {q.question!r} (questions.question) must be a string, "
+                          f"got {types[q.question]}")
+    if q.history and not types[q.history].startswith("array<struct<role:string,content:string"):
+        raise SchemaError(f"questions table {table}: column {q.history!r} (questions.history) must be "
+                          f"array<struct<role:string,content:string>>, got {types[q.history]}")
+
+
+def run_answer(spark: "SparkSession", cfg: RagConfig) -> dict[str, Any]:
+    """Answer the questions table; returns the run record.
+
+    Raises:
+        SchemaError: a configured column is missing (before any work).
+        VectorStoreError: the collection is missing, unreachable or of another encoder.
+    """
+    from sparkrag.embed import encoder_info
+    from sparkrag.tables import open_tables
+
+    tables = open_tables(spark, cfg.tables)
+    model_id, dim = encoder_info(cfg.encoder, "query")
+    run_id = cfg.answer.run_id or new_run_id("answer")
+    rec = RunRecorder("answer", cfg, run_id, model_id=generator_model_id(cfg), embedding_model=cfg.encoder.model)
+    rec.outputs = {"answers": tables.location(cfg.names.answers), "runs": tables.location(cfg.names.runs)}
+    try:
+        _answer(spark, tables, cfg, rec, dim)
+    except BaseException as exc:
+        write_run_record(tables, cfg.names.runs, rec.record("failed", f"{type(exc).__name__}: {exc}"[:4000]))
+        raise
+    record = rec.record("succeeded")
+    write_run_record(tables, cfg.names.runs, record)
+    return record
+
+
+def _answer(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRecorder, dim: int) -> None:
+    from pyspark.sql import functions as F
+
+    from sparkrag.answer_stages import make_generate_stage, make_retrieve_stage, stage1_schema, stage2_schema
+
+    names = cfg.names
+    rec.input_versions[names.questions] = tables.version(names.questions)
+    questions = tables.read(names.questions)
+    check_questions(questions, cfg, table=names.questions)
+    with rec.stage("plan"):
+        todo = _select_questions(tables, cfg, questions, rec.run_id)
+        rec.counts["questions"] = todo.count()
+    log.info("answer run %s: %d questions with %s (%s retrieval)", rec.run_id, rec.counts["questions"],
+             rec.model_id, cfg.retrieval.mode)
+    with rec.stage("open_index"):
+        index_fn = _index_factory(spark, tables, cfg, dim)
+    parallelism = max(spark.sparkContext.defaultParallelism, 1)
+    retrieve = make_retrieve_stage(cfg, index_fn)
+    stage1 = todo.repartition(parallelism).mapInPandas(retrieve, stage1_schema())
+    generate, profile = make_generate_stage(cfg)
+    # The repartition is the stage boundary that lets generation run under its own
+    # ResourceProfile (GPU tasks) while retrieval runs on CPU tasks.
+    stage2 = stage1.repartition(parallelism).mapInPandas(generate, stage2_schema(), profile=profile)
+    out = (stage2.withColumn("run_id", F.lit(rec.run_id)).withColumn("created_at", F.current_timestamp())
+           .select(*[F.col(f.name).cast(f.dataType) for f in ANSWERS_SCHEMA.fields]))
+    with rec.stage("retrieve_generate_write"):
+        tables.merge(out, names.answers, keys=["question_id", "run_id"], when_matched="update")
+    _summarise(tables, cfg, rec)
+
+
+def _select_questions(tables: "Tables", cfg: RagConfig, questions: "DataFrame", run_id: str) -> "DataFrame":
+    """The questions to answer, with the columns the stages need (resume skips answered ones)."""
+    from pyspark.sql import functions as F
+
+    q, r = cfg.questions, cfg.retrieval
+    extra = sorted(set(r.where_columns.values()) | ({r.where_document_column} if r.where_document_column else set()))
+    history = F.col(f"`{q.history}`") if q.history else F.lit(None).cast("array<struct<role:string,content:string>>")
+    todo = questions.select(
+        F.col(f"`{q.id}`").cast("string").alias("question_id"), F.col(f"`{q.question}`").alias("question"),
+        history.alias("history"), *[F.col(f"`{c}`").alias(f"_f_{c}") for c in extra])
+    if cfg.answer.resume and tables.exists(cfg.names.answers):
+        done = (tables.read(cfg.names.answers).where((F.col("run_id") == run_id) & F.col("error").isNull())
+                .select("question_id"))
+        todo = todo.join(done, "question_id", "left_anti")
+    if cfg.answer.limit is not None:
+        todo = todo.orderBy("question_id").limit(cfg.answer.limit)
+    return todo
+
+
+def _index_factory(spark: "SparkSession", tables: "Tables", cfg: RagConfig, dim: int):
+    """A zero-argument, picklable factory of the search index on executors."""
+    from sparkrag.vectorstore import make_collection_fn, open_client, open_collection, snapshot_for_executors
+
+    if cfg.retrieval.mode == "exact":
+        from pyspark.sql import functions as F
+
+        from sparkrag.answer_stages import make_exact_index_fn
+
+        chunks = tables.read(cfg.names.chunks).select(
+            "chunk_id", "doc_id", "chunk_index", "title", "text", "embedding",
+            F.map_concat(F.coalesce("metadata", F.create_map().cast("map<string,string>")),
+                         F.create_map(F.lit("doc_hash"), F.col("doc_hash"))).alias("metadata"))
+        return make_exact_index_fn(spark.sparkContext.broadcast(chunks.toPandas()), cfg.chroma.space)
+    # Fail on the driver, before any task starts, when the collection is missing or foreign.
+    open_collection(open_client(cfg.chroma), cfg.chroma, embedding_model=cfg.encoder.model, dim=dim, create=False)
+    snapshot = None
+    access = cfg.answer.chroma_access
+    if cfg.chroma.mode == "embedded":
+        local = spark.sparkContext.master.startswith("local")
+        if access == "snapshot" or (access == "auto" and not local):
+            snapshot = snapshot_for_executors(spark, cfg.chroma)
+    return make_collection_fn(cfg.chroma, snapshot=snapshot, embedding_model=cfg.encoder.model, dim=dim)
+
+
+def _summarise(tables: "Tables", cfg: RagConfig, rec: RunRecorder) -> None:
+    from pyspark.sql import functions as F
+
+    if not tables.exists(cfg.names.answers):
+        return
+    mine = tables.read(cfg.names.answers).where(F.col("run_id") == rec.run_id)
+    row = mine.agg(
+        F.count("*").alias("answers"),
+        F.sum(F.col("abstained").cast("int")).alias("abstained"),
+        F.sum(F.col("error").isNotNull().cast("int")).alias("errors"),
+        F.sum("prompt_tokens").alias("prompt_tokens"),
+        F.sum("completion_tokens").alias("completion_tokens"),
+        F.percentile_approx("latency_ms", 0.5).alias("p50"),
+        F.percentile_approx("latency_ms", 0.95).alias("p95"),
+    ).first()
+    answers = int(row["answers"] or 0)
+    rec.counts.update({"answers": answers, "abstained": int(row["abstained"] or 0), "errors": int(row["errors"] or 0),
+                       "prompt_tokens": int(row["prompt_tokens"] or 0),
+                       "completion_tokens": int(row["completion_tokens"] or 0)})
+    rec.metrics.update({"abstention_rate": rec.counts["abstained"] / answers if answers else 0.0,
+                        "latency_ms_p50": float(row["p50"] or 0.0), "latency_ms_p95": float(row["p95"] or 0.0)})
+    log.info("answer run %s: %s %s", rec.run_id, rec.counts, rec.metrics)
+

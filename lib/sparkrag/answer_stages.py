@@ -1,0 +1,231 @@
+"""The answer job's two executor stages: retrieve (+ prompt) and generate.
+
+Each ``make_*_stage`` returns a picklable ``mapInPandas`` function whose models, index and
+tokenizer load once per Python worker. Failures stay in their row: a batch that raises
+is retried row by row, and a row that still fails carries its ``error``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from pyspark.sql.types import DoubleType, StructField, StructType
+
+from sparkrag.config import RagConfig
+from sparkrag.schemas import ANSWERS_SCHEMA
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["stage1_schema", "stage2_schema", "make_retrieve_stage", "make_generate_stage",
+           "make_exact_index_fn", "query_text"]
+
+
+def stage1_schema() -> StructType:
+    """Rows between retrieval and generation."""
+    keep = ["question_id", "question", "history", "contexts", "filters_json", "prompt", "prompt_tokens", "error"]
+    fields = [ANSWERS_SCHEMA[name] for name in keep]
+    return StructType(fields + [StructField("retrieval_ms", DoubleType(), True)])
+
+
+def stage2_schema() -> StructType:
+    """ANSWERS_SCHEMA without the lineage columns the driver adds (run_id, created_at)."""
+    return StructType([f for f in ANSWERS_SCHEMA.fields if f.name not in ("run_id", "created_at")])
+
+
+def query_text(question: str, history: Any) -> str:
+    """The text the query encoder sees: the question, or the conversation in Dragon-multiturn's
+    ``user: ...\\nagent: ...\\nuser: ...`` form when there is history."""
+    if history is None or len(history) == 0:
+        return question
+    lines = [f"{'user' if _get(t, 'role') == 'user' else 'agent'}: {_get(t, 'content')}" for t in history]
+    return "\n".join(lines + [f"user: {question}"])
+
+
+def _seq(values: Any) -> list:
+    """A list from a column value that pandas may hand over as None or a numpy array."""
+    return [] if values is None else list(values)
+
+
+def _get(obj: Any, key: str) -> Any:
+    return obj[key] if isinstance(obj, dict) else getattr(obj, key)
+
+
+def make_exact_index_fn(chunks_broadcast: Any, space: str) -> Callable[[], Any]:
+    """An exact (brute-force) index over the broadcast chunks table, built once per worker."""
+
+    def load() -> Any:
+        from sparkrag.models import worker_cached
+        from sparkrag.retrieve import ExactIndex
+
+        return worker_cached(("sparkrag.exact_index", chunks_broadcast.id, space),
+                             lambda: ExactIndex.from_chunks(chunks_broadcast.value, space))
+
+    return load
+
+
+def make_retrieve_stage(cfg: RagConfig, index_fn: Callable[[], Any]) -> Callable[[Iterator["pd.DataFrame"]], Iterator["pd.DataFrame"]]:
+    """mapInPandas function: questions -> contexts, filters and (ChatQA) the packed prompt."""
+    from sparkrag.embed import make_encode_fn
+    from sparkrag.generate import make_tokenizer_fn
+    from sparkrag.retrieve import make_rerank_fn
+
+    encode_fn = make_encode_fn(cfg.encoder, role="query")
+    tokenizer_fn = make_tokenizer_fn(cfg.generator) if cfg.generator.kind == "chatqa" else None
+    rerank_factory = make_rerank_fn(cfg.retrieval.rerank_model) if cfg.retrieval.rerank_model else None
+    columns = stage1_schema().fieldNames()
+
+    def retrieve(batches: Iterator["pd.DataFrame"]) -> Iterator["pd.DataFrame"]:
+        import pandas as pd
+
+        tools = {"index": index_fn(), "encode": encode_fn(),
+                 "tokenizer": tokenizer_fn() if tokenizer_fn else None,
+                 "rerank": rerank_factory() if rerank_factory else None}
+        step = max(cfg.retrieval.query_batch_size, 1)
+        for pdf in batches:
+            for lo in range(0, len(pdf), step):
+                rows = pdf.iloc[lo:lo + step].to_dict("records")
+                yield pd.DataFrame(_isolated(rows, lambda rs: _retrieve_rows(rs, cfg, tools)), columns=columns)
+
+    return retrieve
+
+
+def _isolated(rows: list[dict], fn: Callable[[list[dict]], list[dict]]) -> list[dict]:
+    """``fn`` over the batch; if it raises, row by row, so one bad row fails alone."""
+    try:
+        return fn(rows)
+    except Exception:
+        out = []
+        for row in rows:
+            try:
+                out.extend(fn([row]))
+            except Exception as exc:
+                out.append({**_base(row), "error": f"{type(exc).__name__}: {exc}"[:2000]})
+        return out
+
+
+def _base(row: dict) -> dict:
+    return {"question_id": row["question_id"], "question": row["question"], "history": _history(row.get("history")),
+            "contexts": None, "filters_json": None, "prompt": None, "prompt_tokens": None, "error": None,
+            "retrieval_ms": None}
+
+
+def _history(history: Any) -> list[dict] | None:
+    if history is None:
+        return None
+    return [{"role": _get(t, "role"), "content": _get(t, "content")} for t in history]
+
+
+def _retrieve_rows(rows: list[dict], cfg: RagConfig, tools: dict[str, Any]) -> list[dict]:
+    from sparkrag.prompt import build_prompt
+    from sparkrag.retrieve import retrieve_contexts
+
+    start = time.perf_counter()
+    out = [_base(r) for r in rows]
+    live = [i for i, r in enumerate(rows) if isinstance(r["question"], str) and r["question"].strip()]
+    for i in set(range(len(rows))) - set(live):
+        out[i]["error"] = "empty question"
+    if live:
+        texts = [query_text(rows[i]["question"], rows[i].get("history")) for i in live]
+        filter_rows = [{k[3:] if k.startswith("_f_") else k: v for k, v in rows[i].items()} for i in live]
+        contexts, filters = retrieve_contexts(filter_rows, tools["encode"](texts), cfg=cfg.retrieval,
+                                              index=tools["index"], queries=[rows[i]["question"] for i in live],
+                                              rerank_fn=tools["rerank"])
+        for i, ctxs, fjson in zip(live, contexts, filters):
+            out[i].update(contexts=ctxs, filters_json=fjson)
+            if tools["tokenizer"] is not None:
+                try:
+                    packed = build_prompt(rows[i]["question"], out[i]["history"], ctxs, tools["tokenizer"],
+                                          cfg=cfg.generator)
+                except Exception as exc:  # PromptTooLongError and friends: this row only
+                    out[i]["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+                    continue
+                # The row keeps exactly the contexts its prompt holds.
+                out[i].update(prompt=packed.text, prompt_tokens=packed.prompt_tokens,
+                              contexts=[ctxs[k] for k in packed.used_contexts])
+    per_row = (time.perf_counter() - start) * 1000 / max(len(rows), 1)
+    for row in out:
+        row["retrieval_ms"] = per_row
+    return out
+
+
+def make_generate_stage(cfg: RagConfig) -> tuple[Callable[[Iterator["pd.DataFrame"]], Iterator["pd.DataFrame"]], Any]:
+    """mapInPandas function: retrieved rows -> answers; and the ResourceProfile it runs under."""
+    from sparkrag.answer import generator_model_id
+    from sparkrag.generate import make_extractive_fn, make_generate_fn
+
+    extractive = cfg.generator.kind == "extractive"
+    factory = make_extractive_fn(cfg.encoder, cfg.generator) if extractive else make_generate_fn(cfg.generator)
+    constants = {
+        "model_id": generator_model_id(cfg), "embedding_model": cfg.encoder.model,
+        "collection": cfg.chroma.collection if cfg.retrieval.mode == "ann" else f"exact:{cfg.names.chunks}",
+        "retrieval_mode": cfg.retrieval.mode,
+    }
+    columns = stage2_schema().fieldNames()
+    keep_prompt = cfg.answer.keep_prompt
+    step = max(cfg.generator.batch_size, 1)
+
+    def generate(batches: Iterator["pd.DataFrame"]) -> Iterator["pd.DataFrame"]:
+        import pandas as pd
+
+        model = factory()
+        for pdf in batches:
+            for lo in range(0, len(pdf), step):
+                rows = pdf.iloc[lo:lo + step].to_dict("records")
+                answered = _isolated_answers(rows, model, extractive)
+                out = [_answer_row(r, g, constants, keep_prompt, ms) for r, (g, ms) in zip(rows, answered)]
+                yield pd.DataFrame(out, columns=columns)
+
+    return generate, _gpu_profile(cfg.generator.task_gpus)
+
+
+def _isolated_answers(rows: list[dict], model: Any, extractive: bool) -> list[tuple[Any, float]]:
+    from sparkrag.generate import Generation
+
+    live = [i for i, r in enumerate(rows) if r["error"] is None]
+    results: list[tuple[Any, float]] = [(None, 0.0)] * len(rows)
+    if not live:
+        return results
+    start = time.perf_counter()
+    if extractive:
+        inputs = [(rows[i]["question"], [c["text"] for c in _seq(rows[i]["contexts"])]) for i in live]
+    else:
+        inputs = [rows[i]["prompt"] for i in live]
+    try:
+        gens = model(inputs)
+    except Exception as exc:  # the model failed the whole batch: every row records why
+        gens = [Generation(None, error=f"{type(exc).__name__}: {exc}"[:2000]) for _ in live]
+    per_row = (time.perf_counter() - start) * 1000 / len(live)
+    for i, gen in zip(live, gens):
+        results[i] = (gen, per_row)
+    return results
+
+
+def _answer_row(row: dict, gen: Any, constants: dict, keep_prompt: bool, gen_ms: float) -> dict:
+    from sparkrag.prompt import is_abstention
+
+    error = row["error"] or (gen.error if gen is not None else None)
+    text = gen.text if gen is not None and gen.error is None else None
+    prompt_tokens = row["prompt_tokens"]
+    if gen is not None and gen.prompt_tokens is not None:
+        prompt_tokens = gen.prompt_tokens
+    contexts = row["contexts"]
+    return {
+        "question_id": row["question_id"], "question": row["question"], "history": _history(row["history"]),
+        "answer": text, "abstained": None if text is None else is_abstention(text),
+        "contexts": list(contexts) if contexts is not None else None, "filters_json": row["filters_json"],
+        "prompt": row["prompt"] if keep_prompt else None, **constants,
+        "prompt_tokens": prompt_tokens, "completion_tokens": gen.completion_tokens if gen is not None else None,
+        "latency_ms": (row["retrieval_ms"] or 0.0) + gen_ms, "error": error,
+    }
+
+
+def _gpu_profile(task_gpus: float) -> Any:
+    """A ResourceProfile asking ``task_gpus`` GPUs per generation task, or None."""
+    if not task_gpus:
+        return None
+    from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
+
+    return ResourceProfileBuilder().require(TaskResourceRequests().cpus(1).resource("gpu", task_gpus)).build
+
