@@ -100,6 +100,9 @@ def _answer(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
         rec.counts["questions"] = todo.count()
     log.info("answer run %s: %d questions with %s (%s retrieval)", rec.run_id, rec.counts["questions"],
              rec.model_id, cfg.retrieval.mode)
+    if rec.counts["questions"] == 0:  # e.g. --resume of a finished run: nothing to do, nothing written
+        _summarise(tables, cfg, rec)
+        return
     with rec.stage("open_index"):
         index_fn = _index_factory(spark, tables, cfg, dim)
     parallelism = max(spark.sparkContext.defaultParallelism, 1)

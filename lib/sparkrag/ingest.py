@@ -190,17 +190,26 @@ def _plan(tables: "Tables", cfg: RagConfig, valid: "DataFrame", bad: "DataFrame"
     rejected_ids = bad.select(F.col(f"`{cfg.documents.id}`").cast("string").alias("doc_id")).distinct()
     # A rejected document keeps its old chunks: bad input must not delete good data.
     stale = existing.join(current, ["doc_id", "doc_hash"], "left_anti").join(rejected_ids, "doc_id", "left_anti")
-    current_ids, existing_ids = current.select("doc_id"), existing.select("doc_id").distinct()
-    embed_ids = to_embed.select("doc_id")
+    # One pass over the input classifies every valid document (Spark actions are costly).
+    existing_ids = existing.select("doc_id").distinct().withColumn("_known", F.lit(True))
+    matched = existing.withColumn("_same", F.lit(True))
+    status = current.join(existing_ids, "doc_id", "left").join(matched, ["doc_id", "doc_hash"], "left")
+    agg = status.agg(
+        F.count("*").alias("valid"),
+        F.sum(F.when(F.col("_known").isNull(), 1).otherwise(0)).alias("new"),
+        F.sum(F.when(F.col("_known") & F.col("_same").isNull(), 1).otherwise(0)).alias("changed"),
+        F.sum(F.when(F.col("_same"), 1).otherwise(0)).alias("unchanged"),
+    ).first()
     counts = {
-        "documents_read": valid.count() + bad.count(),
-        "documents_valid": valid.count(),
-        "documents_new": embed_ids.join(existing_ids, "doc_id", "left_anti").count(),
-        "documents_changed": embed_ids.join(existing_ids, "doc_id", "left_semi").count(),
-        "documents_unchanged": current.join(existing, ["doc_id", "doc_hash"], "left_semi").count(),
-        "documents_deleted": stale.select("doc_id").distinct().join(current_ids, "doc_id", "left_anti").count(),
-        "stale_pairs": stale.count(),
+        "documents_read": int(agg["valid"]) + bad.count(),
+        "documents_valid": int(agg["valid"]),
+        "documents_new": int(agg["new"] or 0),
+        "documents_changed": int(agg["changed"] or 0),
+        "documents_unchanged": int(agg["unchanged"] or 0),
     }
+    stale_ids = stale.groupBy("doc_id").count().join(current.select("doc_id"), "doc_id", "left_anti")
+    counts["stale_pairs"] = stale.count()
+    counts["documents_deleted"] = stale_ids.count() if counts["stale_pairs"] else 0
     log.info("ingest plan: %s", counts)
     if cfg.ingest.full_refresh and exists:
         counts["stale_pairs"] = 0  # the overwrite below replaces the whole table
