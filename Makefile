@@ -24,7 +24,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not gpu" --run-slow tests
 
 demo: $(STAMP)
-	$(PY) -m sparkrag.jobs.demo
+	$(PY) -m sparkrag.jobs.demo $(ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
