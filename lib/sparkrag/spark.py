@@ -51,17 +51,30 @@ def get_spark(cfg: SparkConfig | None = None) -> "SparkSession":
     # (lib/ reads no environment; it only writes what Spark's launcher reads).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    builder = SparkSession.builder.appName(cfg.app_name).master(cfg.master)
+    from pyspark import SparkConf, SparkContext
+
+    # Under spark-submit the JVM is already up (its PythonRunner hands the gateway port
+    # over): connect first so that SparkConf holds the launcher's --master/--conf, which
+    # win; our defaults only fill what it left unset.
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):
+        SparkContext._ensure_initialized()
+    launched = SparkConf()
+    builder = SparkSession.builder
+    if not launched.contains("spark.app.name"):
+        builder = builder.appName(cfg.app_name)
+    if not launched.contains("spark.master"):
+        builder = builder.master(cfg.master)
     settings = dict(_LOCAL_DEFAULTS)
     settings["spark.sql.shuffle.partitions"] = str(cfg.shuffle_partitions)
     settings["spark.default.parallelism"] = str(cfg.shuffle_partitions)
     settings["spark.sql.execution.arrow.maxRecordsPerBatch"] = str(cfg.arrow_batch_size)
     settings.update(cfg.conf)
     for key, value in settings.items():
-        builder = builder.config(key, value)
+        if not launched.contains(key):
+            builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
-    log.info("started local Spark %s (%s)", spark.version, cfg.master)
+    log.info("started Spark %s (%s)", spark.version, spark.sparkContext.master)
     return spark
 
 
