@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP_INSTALL) 'torch==2.13.0'
-	$(PIP_INSTALL) -e '.[test]'
+	$(PIP_INSTALL) -e '.[local,test]'
 	touch $(STAMP)
 
 test: $(STAMP)

