@@ -8,6 +8,7 @@ is retried row by row, and a row that still fails carries its ``error``.
 from __future__ import annotations
 
 import time
+import uuid
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from pyspark.sql.types import DoubleType, StructField, StructType
@@ -54,12 +55,15 @@ def _get(obj: Any, key: str) -> Any:
 
 def make_exact_index_fn(chunks_broadcast: Any, space: str) -> Callable[[], Any]:
     """An exact (brute-force) index over the broadcast chunks table, built once per worker."""
+    # A worker-side Broadcast has no id (only the driver's has _jbroadcast): key the cache
+    # with a token made here, on the driver, so each index build gets its own entry.
+    token = uuid.uuid4().hex
 
     def load() -> Any:
         from sparkrag.models import worker_cached
         from sparkrag.retrieve import ExactIndex
 
-        return worker_cached(("sparkrag.exact_index", chunks_broadcast.id, space),
+        return worker_cached(("sparkrag.exact_index", token, space),
                              lambda: ExactIndex.from_chunks(chunks_broadcast.value, space))
 
     return load
