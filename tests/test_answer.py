@@ -207,9 +207,9 @@ def filtered(spark, indexed, baseline) -> Run:
 @pytest.fixture(scope="module")
 def exact_rerun(spark, indexed, baseline) -> Run:
     """The baseline run answered again, exact mode, under the same --run-id."""
-    from sparkrag.jobs.answer import main
+    from sparkrag.jobs.answer import run
 
-    record = main(job_args(indexed.root, "--retrieval-mode", "exact", "--run-id", BASELINE_RUN), spark=spark)
+    record = run(job_args(indexed.root, "--retrieval-mode", "exact", "--run-id", BASELINE_RUN), spark=spark)
     return capture(spark, indexed.cfg, record)
 
 
@@ -221,9 +221,9 @@ def chatqa_args(root: Path, tiny_llama_path: str, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def chatqa(spark, indexed, tiny_llama_path) -> Run:
-    from sparkrag.jobs.answer import main
+    from sparkrag.jobs.answer import run
 
-    return capture(spark, indexed.cfg, main(chatqa_args(indexed.root, tiny_llama_path), spark=spark))
+    return capture(spark, indexed.cfg, run(chatqa_args(indexed.root, tiny_llama_path), spark=spark))
 
 
 RESUME_DELETED = ("q01-beyonce", "q06-ipod")
@@ -232,13 +232,13 @@ RESUME_DELETED = ("q01-beyonce", "q06-ipod")
 @pytest.fixture(scope="module")
 def chatqa_resumed(spark, indexed, chatqa, tiny_llama_path) -> tuple[Run, Run]:
     """(the run before, after deleting two answered rows and running --resume)."""
-    from sparkrag.jobs.answer import main
+    from sparkrag.jobs.answer import run
 
     keys = ", ".join(f"'{q}'" for q in RESUME_DELETED)
     tables_of(spark, indexed.cfg).delete_where(indexed.cfg.names.answers,
                                                f"run_id = '{CHATQA_RUN}' AND question_id IN ({keys})")
     before = capture(spark, indexed.cfg, chatqa.record)
-    record = main(chatqa_args(indexed.root, tiny_llama_path, "--resume"), spark=spark)
+    record = run(chatqa_args(indexed.root, tiny_llama_path, "--resume"), spark=spark)
     return before, capture(spark, indexed.cfg, record)
 
 

@@ -182,12 +182,12 @@ def write_run_tables(spark, cfg: RagConfig, questions=QUESTIONS, answers=RUN_A +
 @pytest.fixture(scope="module")
 def evaluated(spark, tmp_path_factory):
     """The job run once on run B (the latest), through its command line."""
-    from sparkrag.jobs.evaluate import main
+    from sparkrag.jobs.evaluate import run
 
     root = tmp_path_factory.mktemp("evaluate")
     cfg = make_cfg(root)
     write_run_tables(spark, cfg)
-    result = main(["--set", f"tables.root={root / 'tables'}", "--ann-sample", "0",
+    result = run(["--set", f"tables.root={root / 'tables'}", "--ann-sample", "0",
                    "--report-dir", str(root / "report-{eval_run_id}")], spark=spark)
     return cfg, root, result
 
