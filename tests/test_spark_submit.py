@@ -25,9 +25,9 @@ def _rows(path: Path, n: int) -> list[dict]:
 def test_spark_submit_runs_ingest_then_answer(spark, tmp_path):
     root = tmp_path / "tables"
     tables = open_tables(spark, TablesConfig(root=str(root)))
-    docs = _rows(ROOT / "resources" / "sample" / "documents.jsonl", 12)
+    docs = _rows(ROOT / "resources" / "sample" / "documents.jsonl", 6)
     questions = [q for q in _rows(ROOT / "resources" / "sample" / "questions.jsonl", 54)
-                 if q["doc_id"] in {d["doc_id"] for d in docs}][:4]
+                 if q["doc_id"] in {d["doc_id"] for d in docs}][:3]
     tables.write(spark.createDataFrame(docs), "rag.documents")
     tables.write(spark.createDataFrame(questions).drop("answers"), "rag.questions")
     config = tmp_path / "local.yaml"

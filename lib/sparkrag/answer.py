@@ -114,7 +114,7 @@ def _answer(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
     stage2 = stage1.repartition(parallelism).mapInPandas(generate, stage2_schema(), profile=profile)
     out = (stage2.withColumn("run_id", F.lit(rec.run_id)).withColumn("created_at", F.current_timestamp())
            .select(*[F.col(f.name).cast(f.dataType) for f in ANSWERS_SCHEMA.fields]))
-    with rec.stage("retrieve_generate_write"):
+    with rec.stage("retrieve_generate_write", spark):
         tables.merge(out, names.answers, keys=["question_id", "run_id"], when_matched="update")
     _summarise(tables, cfg, rec)
 

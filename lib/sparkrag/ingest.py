@@ -89,13 +89,15 @@ def prepare_documents(df: "DataFrame", cfg: RagConfig, *, table: str) -> tuple["
     doc_id = F.col(f"`{cols.id}`").cast("string")
     text = F.col(f"`{cols.text}`")
     dupes = F.count(F.lit(1)).over(Window.partitionBy(doc_id))
-    reason = (F.when(doc_id.isNull() | (F.trim(doc_id) == ""), F.lit("null or empty document id"))
-              .when(text.isNull() | (F.trim(text) == ""), F.lit("null or empty text"))
+    # F.trim strips spaces only: "\n\t" would pass, chunk to nothing and look new on every run.
+    blank = r"(?U)^\s*$"
+    reason = (F.when(doc_id.isNull() | doc_id.rlike(blank), F.lit("null or empty document id"))
+              .when(text.isNull() | text.rlike(blank), F.lit("null or empty text"))
               .when(F.length(text) > cfg.ingest.max_document_chars,
                     F.concat(F.lit("document too large: "), F.length(text).cast("string"),
                              F.lit(f" chars > ingest.max_document_chars={cfg.ingest.max_document_chars}")))
               .when(dupes > 1, F.concat(F.lit("duplicate document id ("), dupes.cast("string"), F.lit(" rows)"))))
-    column = (F.when(doc_id.isNull() | (F.trim(doc_id) == "") | (dupes > 1), F.lit(cols.id)).otherwise(F.lit(cols.text)))
+    column = (F.when(doc_id.isNull() | doc_id.rlike(blank) | (dupes > 1), F.lit(cols.id)).otherwise(F.lit(cols.text)))
     checked = df.withColumn("_reason", reason).withColumn("_column", F.when(F.col("_reason").isNotNull(), column))
     bad = checked.where(F.col("_reason").isNotNull())
     fingerprint = settings_fingerprint(cfg)
@@ -145,7 +147,7 @@ def _ingest(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
     valid, bad = prepare_documents(raw, cfg, table=names.documents)
     chroma_sync.open_for_ingest(cfg, embedding_model=model_id, dim=dim, full_refresh=cfg.ingest.full_refresh)
     with rec.stage("plan"):
-        valid = valid.cache()
+        valid, bad = valid.cache(), bad.cache()  # both feed the plan, the rejects and the embed stage
         plan = _plan(tables, cfg, valid, bad)
         rec.counts.update(plan["counts"])
     with rec.stage("rejects"):
@@ -154,7 +156,8 @@ def _ingest(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
         rec.counts["rejects"] = bad_rows.count()
         if rec.counts["rejects"]:
             tables.write(bad_rows, names.rejects, mode="append")
-    with rec.stage("chunk_embed_write"):
+        bad_rows.unpersist()
+    with rec.stage("chunk_embed_write", spark):
         todo = rec.counts["documents_new"] + rec.counts["documents_changed"]
         # Nothing to embed writes nothing (a no-op rerun leaves only its run record).
         rec.counts["chunks_embedded"] = (_embed_and_append(spark, tables, cfg, rec, plan["to_embed"], model_id, dim)
@@ -170,7 +173,8 @@ def _ingest(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
         sync = chroma_sync.sync_collection(chunks, cfg, embedding_model=model_id, dim=dim,
                                            progress_every=cfg.ingest.progress_every)
         rec.counts.update({f"chroma_{k}": v for k, v in sync.items()})
-    valid.unpersist()
+    for cached in (valid, bad, plan["existing"]):
+        cached.unpersist()
     rec.metrics["chunks_per_second"] = rec.counts["chunks_embedded"] / max(rec.stage_seconds["chunk_embed_write"], 1e-9)
     log.info("ingest run %s done: %s", rec.run_id, rec.counts)
 
@@ -190,30 +194,35 @@ def _plan(tables: "Tables", cfg: RagConfig, valid: "DataFrame", bad: "DataFrame"
     rejected_ids = bad.select(F.col(f"`{cfg.documents.id}`").cast("string").alias("doc_id")).distinct()
     # A rejected document keeps its old chunks: bad input must not delete good data.
     stale = existing.join(current, ["doc_id", "doc_hash"], "left_anti").join(rejected_ids, "doc_id", "left_anti")
-    # One pass over the input classifies every valid document (Spark actions are costly).
-    existing_ids = existing.select("doc_id").distinct().withColumn("_known", F.lit(True))
-    matched = existing.withColumn("_same", F.lit(True))
-    status = current.join(existing_ids, "doc_id", "left").join(matched, ["doc_id", "doc_hash"], "left")
-    agg = status.agg(
-        F.count("*").alias("valid"),
-        F.sum(F.when(F.col("_known").isNull(), 1).otherwise(0)).alias("new"),
-        F.sum(F.when(F.col("_known") & F.col("_same").isNull(), 1).otherwise(0)).alias("changed"),
-        F.sum(F.when(F.col("_same"), 1).otherwise(0)).alias("unchanged"),
-    ).first()
-    counts = {
-        "documents_read": int(agg["valid"]) + bad.count(),
-        "documents_valid": int(agg["valid"]),
-        "documents_new": int(agg["new"] or 0),
-        "documents_changed": int(agg["changed"] or 0),
-        "documents_unchanged": int(agg["unchanged"] or 0),
-    }
-    stale_ids = stale.groupBy("doc_id").count().join(current.select("doc_id"), "doc_id", "left_anti")
-    counts["stale_pairs"] = stale.count()
-    counts["documents_deleted"] = stale_ids.count() if counts["stale_pairs"] else 0
+    counts = _plan_counts(current, existing, rejected_ids)
+    counts["documents_read"] = counts["documents_valid"] + bad.count()
     log.info("ingest plan: %s", counts)
     if cfg.ingest.full_refresh and exists:
         counts["stale_pairs"] = 0  # the overwrite below replaces the whole table
-    return {"to_embed": to_embed, "stale": stale, "counts": counts}
+    return {"to_embed": to_embed, "stale": stale, "existing": existing, "counts": counts}
+
+
+def _plan_counts(current: "DataFrame", existing: "DataFrame", rejected_ids: "DataFrame") -> dict[str, int]:
+    """The plan's document counts in one Spark job (a count per figure costs seconds each)."""
+    from pyspark.sql import functions as F
+
+    pairs = (current.withColumn("_cur", F.lit(True))
+             .join(existing.withColumn("_old", F.lit(True)), ["doc_id", "doc_hash"], "full_outer")
+             .join(rejected_ids.withColumn("_rej", F.lit(True)), "doc_id", "left"))
+    cur, old, rej = (F.col(c).isNotNull() for c in ("_cur", "_old", "_rej"))
+    per_doc = pairs.groupBy("doc_id").agg(
+        F.max(cur).alias("has_cur"), F.max(cur & old).alias("same"), F.max(old).alias("had"),
+        F.max(rej).alias("rej"), F.sum((old & ~cur & ~rej).cast("long")).alias("stale"))
+    has_cur, same, had, rejected = (F.col(c) for c in ("has_cur", "same", "had", "rej"))
+    row = per_doc.agg(
+        F.count_if(has_cur).alias("documents_valid"),
+        F.count_if(has_cur & ~same & ~had).alias("documents_new"),
+        F.count_if(has_cur & ~same & had).alias("documents_changed"),
+        F.count_if(same).alias("documents_unchanged"),
+        F.count_if(~has_cur & had & ~rejected).alias("documents_deleted"),
+        F.coalesce(F.sum("stale"), F.lit(0)).alias("stale_pairs"),
+    ).first()
+    return {k: int(v) for k, v in row.asDict().items()}
 
 
 def _embed_and_append(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRecorder,

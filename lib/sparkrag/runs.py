@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -51,13 +52,16 @@ class RunRecorder:
     outputs: dict[str, str] = field(default_factory=dict)
 
     @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Time a stage; logged once on the driver when it ends."""
+    def stage(self, name: str, spark: Any = None) -> Iterator[None]:
+        """Time a stage; with ``spark``, log Spark task progress every 15 s while it runs."""
         start = time.perf_counter()
         log.info("[%s] %s ...", self.run_id, name)
+        reporter = _ProgressReporter(spark, f"[{self.run_id}] {name}") if spark is not None else None
         try:
             yield
         finally:
+            if reporter is not None:
+                reporter.stop()
             self.stage_seconds[name] = round(self.stage_seconds.get(name, 0.0) + time.perf_counter() - start, 3)
             log.info("[%s] %s done in %.1f s", self.run_id, name, self.stage_seconds[name])
 
@@ -81,6 +85,32 @@ class RunRecorder:
             "error": error,
             "created_at": utcnow(),
         }
+
+
+class _ProgressReporter(threading.Thread):
+    """Logs tasks done / total and the task rate of the running Spark stages, on the driver."""
+
+    def __init__(self, spark: Any, label: str, every: float = 15.0) -> None:
+        super().__init__(daemon=True)
+        self.tracker, self.label, self.every = spark.sparkContext.statusTracker(), label, every
+        self.done = threading.Event()
+        self.start_time = time.perf_counter()
+        self.start()
+
+    def run(self) -> None:
+        while not self.done.wait(self.every):
+            infos = [self.tracker.getStageInfo(s) for s in self.tracker.getActiveStageIds()]
+            infos = [i for i in infos if i is not None]
+            if not infos:
+                continue
+            total = sum(i.numTasks for i in infos)
+            finished = sum(i.numCompletedTasks for i in infos)
+            elapsed = time.perf_counter() - self.start_time
+            log.info("%s: %d/%d tasks done, %d running (%.0f s elapsed)", self.label, finished, total,
+                     sum(i.numActiveTasks for i in infos), elapsed)
+
+    def stop(self) -> None:
+        self.done.set()
 
 
 def write_run_record(tables: "Tables", runs_table: str, record: dict[str, Any]) -> None:
