@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from sparkrag.config import SparkConfig
-    from sparkrag.jobs.answer import main as answer_main
-    from sparkrag.jobs.evaluate import main as evaluate_main
-    from sparkrag.jobs.ingest import main as ingest_main
+    from sparkrag.jobs.answer import run as answer_main
+    from sparkrag.jobs.evaluate import run as evaluate_main
+    from sparkrag.jobs.ingest import run as ingest_main
     from sparkrag.spark import get_spark
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sparkrag-squad-"))

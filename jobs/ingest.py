@@ -38,8 +38,8 @@ def build_parser():
     return parser
 
 
-def main(argv: Sequence[str] | None = None, spark=None) -> dict:
-    """Entry point for spark-submit, the console script and Databricks python_wheel_task."""
+def run(argv: Sequence[str] | None = None, spark=None) -> dict:
+    """Parse ``argv``, run the job and return its record (for callers that want the figures)."""
     from sparkrag.ingest import run_ingest
     from sparkrag.spark import get_spark
 
@@ -52,5 +52,14 @@ def main(argv: Sequence[str] | None = None, spark=None) -> dict:
     return record
 
 
+def main(argv: Sequence[str] | None = None, spark=None) -> int:
+    """Entry point for spark-submit, the console script and Databricks python_wheel_task.
+
+    Returns 0: console scripts exit with ``main()``'s value, so it must be a status.
+    """
+    run(argv, spark)
+    return 0
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

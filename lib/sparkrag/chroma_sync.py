@@ -80,20 +80,24 @@ def sync_collection(chunks: "DataFrame | None", cfg: RagConfig, *, embedding_mod
         actual = collection_hashes(collection)
         to_delete = sorted(set(actual) - set(desired))
         to_load = sorted(cid for cid, h in desired.items() if actual.get(cid, "\0missing") != h)
-        log.info("Chroma %r: %d vectors, table %d chunks -> delete %d, load %d",
-                 cfg.chroma.collection, len(actual), len(desired), len(to_delete), len(to_load))
-        if to_delete:
+        # Ids held with another doc_hash are deleted here with the vanished ones, so every id
+        # loaded below is absent and the load skips a per-batch lookup (add ignores ids that exist).
+        outdated = [cid for cid in to_load if cid in actual]
+        log.info("Chroma %r: %d vectors, table %d chunks -> delete %d, load %d (%d replaced)",
+                 cfg.chroma.collection, len(actual), len(desired), len(to_delete), len(to_load), len(outdated))
+        if to_delete or outdated:
             from sparkrag.vectorstore import delete_chunks
 
-            delete_chunks(collection, to_delete, batch_size=cfg.chroma.batch_size)
+            delete_chunks(collection, to_delete + outdated, batch_size=cfg.chroma.batch_size)
         if to_load:
-            rows = _rows_for(chunks, to_load)
+            rows = _rows_for(chunks, to_load if len(to_load) < len(desired) else None)
             if embedded:
                 _load_on_driver(collection, rows, cfg, total=len(to_load), progress_every=progress_every)
             else:
                 from sparkrag.vectorstore import write_partitions_to_server
 
-                write_partitions_to_server(rows, cfg.chroma, embedding_model=embedding_model, dim=dim)
+                write_partitions_to_server(rows, cfg.chroma, embedding_model=embedding_model, dim=dim,
+                                           replace=False)
         _verify(collection, set(desired))
         return {"deleted": len(to_delete), "loaded": len(to_load), "total": len(desired)}
 
@@ -105,15 +109,16 @@ def _table_hashes(chunks: "DataFrame | None") -> dict[str, str]:
     return dict(zip(table.column("chunk_id").to_pylist(), table.column("doc_hash").to_pylist()))
 
 
-def _rows_for(chunks: "DataFrame", ids: list[str]) -> "DataFrame":
-    """The chunk rows to load, with doc_hash folded into the metadata Chroma stores."""
+def _rows_for(chunks: "DataFrame", ids: list[str] | None) -> "DataFrame":
+    """The chunk rows to load (``ids``; None: all), with doc_hash folded into the metadata Chroma stores."""
     from pyspark.sql import functions as F
 
-    wanted = chunks.sparkSession.createDataFrame([(i,) for i in ids], "chunk_id string")
+    if ids is not None:
+        wanted = chunks.sparkSession.createDataFrame([(i,) for i in ids], "chunk_id string")
+        chunks = chunks.join(wanted, "chunk_id", "left_semi")
     meta = F.map_concat(F.coalesce(F.col("metadata"), F.create_map().cast("map<string,string>")),
                         F.create_map(F.lit(DOC_HASH_KEY), F.col("doc_hash")))
-    return (chunks.join(wanted, "chunk_id", "left_semi")
-            .select("chunk_id", "embedding", "text", "doc_id", "chunk_index", "title", meta.alias("metadata")))
+    return chunks.select("chunk_id", "embedding", "text", "doc_id", "chunk_index", "title", meta.alias("metadata"))
 
 
 def _load_on_driver(collection: Any, rows: "DataFrame", cfg: RagConfig, *, total: int, progress_every: int) -> None:
@@ -129,7 +134,7 @@ def _load_on_driver(collection: Any, rows: "DataFrame", cfg: RagConfig, *, total
         upsert_chunks(collection, [r["chunk_id"] for r in batch], [r["embedding"] for r in batch],
                       [r["text"] for r in batch],
                       [to_chroma_metadata(r["doc_id"], r["chunk_index"], r["title"], r["metadata"]) for r in batch],
-                      batch_size=size, replace=True)
+                      batch_size=size, replace=False)  # sync_collection deleted every id it loads
         done += len(batch)
         if done >= next_report or done == total:
             rate = done / max(time.perf_counter() - start, 1e-9)
