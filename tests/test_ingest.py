@@ -257,11 +257,16 @@ def test_shrunk_and_deleted_docs_leave_both_stores(baseline, incremental):
     assert not [m for m in incremental.chroma.values() if m["metadata"]["doc_id"] == DELETED]
 
 
-def test_noop_rerun_embeds_nothing_and_writes_only_a_run_row(spark, incremental):
+def test_noop_rerun_embeds_nothing_and_writes_only_a_run_row(spark, incremental, capsys):
+    from sparkrag.jobs.ingest import main
+
     cfg = incremental.cfg
     tables = tables_of(spark, cfg)
     versions = {t: tables.version(t) for t in (cfg.names.chunks, cfg.names.runs)}
-    record = run_ingest(spark, cfg)
+    argv = ["--set", f"tables.root={cfg.tables.root}", "--set", f"chroma.path={cfg.chroma.path}",
+            "--set", f"documents.metadata=[{', '.join(META)}]", "--log-level", "WARNING"]
+    assert main(argv, spark=spark) == 0  # the console-script entry point: an exit status
+    record = json.loads(capsys.readouterr().out)
     counts = record["counts"]
     assert counts["chunks_embedded"] == counts["stale_pairs"] == counts["documents_new"] == 0
     assert counts["documents_changed"] == counts["chroma_loaded"] == counts["chroma_deleted"] == 0
@@ -339,8 +344,9 @@ def test_bad_rows_go_to_rejects_and_the_rest_is_ingested(spark, baseline, tmp_pa
     docs = [dict(d) for d in CORPUS]
     turned_bad = SAMPLE[0]["doc_id"]
     next(d for d in docs if d["doc_id"] == turned_bad)["text"] = None  # was good, now bad
-    docs += [_doc("null#1", "t", None, 20), _doc("blank#1", "t", " \n\t\u00a0 ", 21), _doc("huge#1", "t", "word " * 1200, 22),
-             _doc("dup#1", "t", "first copy", 23), _doc("dup#1", "t", "second copy", 24),
+    docs += [_doc("null#1", "t", None, 20), _doc("blank#1", "t", " \n\t\u00a0 ", 21),  # blank: Unicode spaces too
+             _doc("huge#1", "t", "word " * 1200, 22), _doc("dup#1", "t", "first copy", 23),
+             _doc("dup#1", "t", "second copy", 24),
              _doc("fresh#1", "Fresh", "A new, valid document arrives with the bad ones.", 25)]
     write_docs(spark, cfg, docs)
     record = run_ingest(spark, cfg)
@@ -357,7 +363,8 @@ def test_bad_rows_go_to_rejects_and_the_rest_is_ingested(spark, baseline, tmp_pa
     docs_after = by_doc(chunks)
     assert set(docs_after) == set(BY_ID) | {"fresh#1"}
     # the document that turned bad keeps its old chunks in both stores
-    assert [r["chunk_id"] for r in docs_after[turned_bad]] == [r["chunk_id"] for r in by_doc(baseline.chunks)[turned_bad]]
+    kept = [r["chunk_id"] for r in by_doc(baseline.chunks)[turned_bad]]
+    assert [r["chunk_id"] for r in docs_after[turned_bad]] == kept
     assert_chroma_equals_table(chunks, chroma_state(cfg))
 
 
@@ -428,6 +435,7 @@ def test_rerun_after_killed_job_converges_to_clean_run(spark, baseline, incremen
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the job, its JVM and its Python workers
         proc.wait()
+    assert DeltaTable(chunks_path).version() == version + 1, "killed after the append, before the stale delete"
     record = run_ingest(spark, cfg)
     assert record["status"] == "succeeded"
     chunks = delta_chunks(spark, cfg)
