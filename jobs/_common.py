@@ -6,11 +6,11 @@ import argparse
 import json
 import logging
 import sys
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from sparkrag.config import RagConfig, load_config, to_dict
 
-__all__ = ["base_parser", "rag_config_from_args", "setup_logging"]
+__all__ = ["base_parser", "rag_config_from_args", "setup_logging", "run_rag_job", "entry_point"]
 
 
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -73,3 +73,28 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     return args
+
+
+def run_rag_job(parser: argparse.ArgumentParser, shortcuts: dict[str, str], job: Callable[[Any, RagConfig], dict],
+                argv: Sequence[str] | None, spark: Any, summary: Sequence[str]) -> dict:
+    """Parse ``argv``, build the config, run ``job(spark, cfg)``, print its summary, return its record."""
+    from sparkrag.spark import get_spark
+
+    args = parse(parser, argv)
+    cfg = rag_config_from_args(args, shortcuts)
+    log_config(cfg)
+    record = job(spark or get_spark(cfg.spark), cfg)
+    print(json.dumps({k: record[k] for k in summary if k in record}, indent=2, default=str))
+    return record
+
+
+def entry_point(run: Callable[..., Any]) -> Callable[..., int]:
+    """``main(argv=None, spark=None) -> 0`` around a job's ``run``: console scripts exit with
+    ``main()``'s value, so it must be a status (the record stays available from ``run``)."""
+
+    def main(argv: Sequence[str] | None = None, spark: Any = None) -> int:
+        """Entry point for spark-submit, the console script and Databricks python_wheel_task."""
+        run(argv, spark)
+        return 0
+
+    return main

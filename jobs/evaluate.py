@@ -18,9 +18,9 @@ import sys
 from typing import Sequence
 
 try:  # one file for spark-submit (a script) and the wheel (sparkrag.jobs.evaluate)
-    from sparkrag.jobs._common import base_parser, log_config, parse, rag_config_from_args
+    from sparkrag.jobs._common import base_parser, entry_point, log_config, parse, rag_config_from_args
 except ImportError:  # pragma: no cover - running from a checkout without the package installed
-    from _common import base_parser, log_config, parse, rag_config_from_args  # type: ignore[no-redef]
+    from _common import base_parser, entry_point, log_config, parse, rag_config_from_args  # type: ignore[no-redef]
 
 SHORTCUTS = {
     "questions": "names.questions",
@@ -91,13 +91,7 @@ def run(argv: Sequence[str] | None = None, spark=None) -> dict:
     return result
 
 
-def main(argv: Sequence[str] | None = None, spark=None) -> int:
-    """Entry point for spark-submit, the console script and Databricks python_wheel_task.
-
-    Returns 0: console scripts exit with ``main()``'s value, so it must be a status.
-    """
-    run(argv, spark)
-    return 0
+main = entry_point(run)
 
 
 if __name__ == "__main__":

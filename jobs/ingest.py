@@ -10,14 +10,13 @@ changed, shrunk and vanished ones from Delta and Chroma; --full-refresh rebuilds
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Sequence
 
 try:  # one file for spark-submit (a script) and the wheel (sparkrag.jobs.ingest)
-    from sparkrag.jobs._common import base_parser, log_config, parse, rag_config_from_args
+    from sparkrag.jobs._common import base_parser, entry_point, run_rag_job
 except ImportError:  # pragma: no cover - running from a checkout without the package installed
-    from _common import base_parser, log_config, parse, rag_config_from_args  # type: ignore[no-redef]
+    from _common import base_parser, entry_point, run_rag_job  # type: ignore[no-redef]
 
 SHORTCUTS = {
     "documents": "names.documents",
@@ -41,24 +40,12 @@ def build_parser():
 def run(argv: Sequence[str] | None = None, spark=None) -> dict:
     """Parse ``argv``, run the job and return its record (for callers that want the figures)."""
     from sparkrag.ingest import run_ingest
-    from sparkrag.spark import get_spark
 
-    args = parse(build_parser(), argv)
-    cfg = rag_config_from_args(args, SHORTCUTS)
-    log_config(cfg)
-    record = run_ingest(spark or get_spark(cfg.spark), cfg)
-    print(json.dumps({k: record[k] for k in ("run_id", "status", "counts", "stage_seconds", "outputs")},
-                     indent=2, default=str))
-    return record
+    return run_rag_job(build_parser(), SHORTCUTS, run_ingest, argv, spark,
+                       ("run_id", "status", "counts", "stage_seconds", "outputs"))
 
 
-def main(argv: Sequence[str] | None = None, spark=None) -> int:
-    """Entry point for spark-submit, the console script and Databricks python_wheel_task.
-
-    Returns 0: console scripts exit with ``main()``'s value, so it must be a status.
-    """
-    run(argv, spark)
-    return 0
+main = entry_point(run)
 
 
 if __name__ == "__main__":
