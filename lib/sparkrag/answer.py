@@ -140,8 +140,6 @@ def _select_questions(tables: "Tables", cfg: RagConfig, questions: "DataFrame", 
 
 def _index_factory(spark: "SparkSession", tables: "Tables", cfg: RagConfig, dim: int):
     """A zero-argument, picklable factory of the search index on executors."""
-    from sparkrag.vectorstore import make_collection_fn, open_client, open_collection, snapshot_for_executors
-
     if cfg.retrieval.mode == "exact":
         from pyspark.sql import functions as F
 
@@ -152,15 +150,12 @@ def _index_factory(spark: "SparkSession", tables: "Tables", cfg: RagConfig, dim:
             F.map_concat(F.coalesce("metadata", F.create_map().cast("map<string,string>")),
                          F.create_map(F.lit("doc_hash"), F.col("doc_hash"))).alias("metadata"))
         return make_exact_index_fn(spark.sparkContext.broadcast(chunks.toPandas()), cfg.chroma.space)
-    # Fail on the driver, before any task starts, when the collection is missing or foreign.
-    open_collection(open_client(cfg.chroma), cfg.chroma, embedding_model=cfg.encoder.model, dim=dim, create=False)
-    snapshot = None
-    access = cfg.answer.chroma_access
-    if cfg.chroma.mode == "embedded":
-        local = spark.sparkContext.master.startswith("local")
-        if access == "snapshot" or (access == "auto" and not local):
-            snapshot = snapshot_for_executors(spark, cfg.chroma)
-    return make_collection_fn(cfg.chroma, snapshot=snapshot, embedding_model=cfg.encoder.model, dim=dim)
+    # Resolves the published shards once, fails here (before any task) when one is missing or
+    # foreign, and ships snapshots when executors cannot read the directories in place.
+    from sparkrag.shards import prepare_index_fn
+
+    return prepare_index_fn(spark, cfg.chroma, embedding_model=cfg.encoder.model, dim=dim,
+                            access=cfg.answer.chroma_access)
 
 
 def _summarise(tables: "Tables", cfg: RagConfig, rec: RunRecorder) -> None:

@@ -171,7 +171,7 @@ def _ingest(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
     with rec.stage("chroma_load"):
         chunks = tables.read(names.chunks) if tables.exists(names.chunks) else None
         sync = chroma_sync.sync_collection(chunks, cfg, embedding_model=model_id, dim=dim,
-                                           progress_every=cfg.ingest.progress_every)
+                                           progress_every=cfg.ingest.progress_every, spark=spark)
         rec.counts.update({f"chroma_{k}": v for k, v in sync.items()})
     for cached in (valid, bad, plan["existing"]):
         cached.unpersist()

@@ -1,15 +1,17 @@
-"""ChromaDB clients, collections checked against the encoder, bulk writes, snapshot shipping.
+"""ChromaDB clients, collections checked against the encoder, bulk writes.
 
 Two deployments:
 
-* **embedded** (``ChromaConfig.mode="embedded"``): one persist directory, written by one
-  process on the driver (:func:`embedded_writer` holds an exclusive lock, because two
-  processes writing one directory corrupt it silently). Executors read a copy shipped with
-  :func:`snapshot_for_executors`, or open ``cfg.path`` directly on a shared disk.
-* **server** (``mode="server"``): a ``chroma run`` server; executors write their partitions
-  to it (:func:`write_partitions_to_server`) and query it directly.
+* **embedded** (``ChromaConfig.mode="embedded"``): persist directories on disk. The
+  ingest job writes a sharded, versioned layout under ``cfg.path`` (see
+  :mod:`sparkrag.shard_layout`); :func:`open_client` resolves a one-shard index to its
+  published directory, and an unversioned ``cfg.path`` (the pre-shard layout) to itself.
+  :func:`embedded_writer` holds an exclusive lock, because two processes writing one
+  directory corrupt it silently.
+* **server** (``mode="server"``): a ``chroma run`` server, one collection per shard.
 
-chromadb is imported only inside functions: importing this module stays light.
+Reading a (sharded) index on executors lives in :mod:`sparkrag.shards`; loading it in
+:mod:`sparkrag.chroma_sync`. chromadb is imported only inside functions.
 
 Example:
     >>> with embedded_writer(cfg) as client:  # doctest: +SKIP
@@ -22,11 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import tarfile
-import tempfile
 import time
-import uuid
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
@@ -34,24 +32,26 @@ import numpy as np
 
 from sparkrag.config import ChromaConfig
 from sparkrag.errors import ConfigError, SchemaError, VectorStoreError
-from sparkrag.models import worker_cached
-from sparkrag.schemas import require_columns
+from sparkrag.shard_layout import check_stored_encoder, open_store
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
-    from pyspark.sql import DataFrame, SparkSession
 
 __all__ = [
     "RESERVED_METADATA_KEYS",
     "open_client",
+    "persistent_client",
+    "resolve_embedded_path",
     "embedded_writer",
     "open_collection",
+    "check_collection",
     "to_chroma_metadata",
     "upsert_chunks",
     "delete_chunks",
     "collection_ids",
     "verify_collection",
+    "partition_payload",
     "write_partitions_to_server",
     "snapshot_for_executors",
     "open_snapshot_collection",
@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 RESERVED_METADATA_KEYS = ("doc_id", "chunk_index", "title")
 _LOCK_FILE = ".sparkrag-writer.lock"
-_WRITE_COLUMNS = {
+WRITE_COLUMNS = {
     "chunk_id": "Chroma id",
     "embedding": "the vector",
     "text": "Chroma document",
@@ -79,8 +79,30 @@ def _settings() -> Any:
     return Settings(anonymized_telemetry=False)
 
 
+def persistent_client(path: str) -> "ClientAPI":
+    """An embedded client on exactly ``path`` (telemetry off); see :func:`open_client` for resolution."""
+    import chromadb
+
+    return chromadb.PersistentClient(path=path, settings=_settings())
+
+
+def resolve_embedded_path(cfg: ChromaConfig) -> str:
+    """The persist directory holding ``cfg.collection``: the published shard of a one-shard index, else ``cfg.path``.
+
+    Raises:
+        VectorStoreError: the index has several shards (open it with ``sparkrag.shards``).
+    """
+    manifest = open_store(cfg).read_manifest() if "://" not in cfg.path else None
+    if manifest is None:
+        return cfg.path
+    if manifest.shards != 1:
+        raise VectorStoreError(f"collection {cfg.collection!r} in {cfg.path} has {manifest.shards} shards; "
+                               "open it with sparkrag.shards.open_index, not one client")
+    return open_store(cfg).full_path(manifest.dirs[0])
+
+
 def open_client(cfg: ChromaConfig, *, backoff_s: float = 0.5) -> "ClientAPI":
-    """A Chroma client: ``PersistentClient(cfg.path)`` or ``HttpClient(cfg.host, cfg.port)``.
+    """A Chroma client: embedded on :func:`resolve_embedded_path`, or ``HttpClient(cfg.host, cfg.port)``.
 
     Args:
         cfg: the collection config; ``mode`` picks the client.
@@ -99,7 +121,7 @@ def open_client(cfg: ChromaConfig, *, backoff_s: float = 0.5) -> "ClientAPI":
     import chromadb
 
     if cfg.mode == "embedded":
-        return chromadb.PersistentClient(path=cfg.path, settings=_settings())
+        return persistent_client(resolve_embedded_path(cfg))
     attempts = 1 + max(0, cfg.connect_retries)
     last: Exception | None = None
     for attempt in range(attempts):
@@ -125,16 +147,20 @@ def embedded_writer(cfg: ChromaConfig) -> Iterator["ClientAPI"]:
     """An embedded client holding an exclusive lock on ``cfg.path`` while it writes.
 
     Two processes writing one persist directory corrupt it silently (counts look right,
-    vectors go missing), so every embedded load goes through here.
+    vectors go missing), so every direct embedded write goes through here. A versioned
+    (sharded) index is written only by :func:`sparkrag.chroma_sync.sync_collection`.
 
     Raises:
         ConfigError: ``cfg.mode`` is not ``embedded``.
-        VectorStoreError: another process holds the lock.
+        VectorStoreError: another process holds the lock, or ``cfg.path`` holds a versioned index.
     """
     if cfg.mode != "embedded":
         raise ConfigError(f"chroma.mode: embedded_writer needs 'embedded', got {cfg.mode!r}")
+    if open_store(cfg).read_manifest() is not None:
+        raise VectorStoreError(f"{cfg.path} holds a versioned index of {cfg.collection!r}: its published "
+                               "shards are never written in place; load it with the ingest job")
     with _exclusive_lock(cfg.path, purpose="write"):
-        yield open_client(cfg)
+        yield persistent_client(cfg.path)
 
 
 @contextlib.contextmanager
@@ -169,17 +195,11 @@ def _stored_space(collection: "Collection") -> str | None:
     return _hnsw_config(collection).get("space") or (collection.metadata or {}).get("space")
 
 
-def _check_collection(collection: "Collection", cfg: ChromaConfig, embedding_model: str, dim: int) -> None:
+def check_collection(collection: "Collection", cfg: ChromaConfig, embedding_model: str, dim: int) -> None:
+    """Raise VectorStoreError when ``collection`` was built for another encoder, dimension or space."""
     meta = collection.metadata or {}
-    stored = {"embedding_model": meta.get("embedding_model"), "embedding_dim": meta.get("embedding_dim"),
-              "space": _stored_space(collection)}
-    wanted = {"embedding_model": embedding_model, "embedding_dim": int(dim), "space": cfg.space}
-    diff = [f"{k}: stored {stored[k]!r}, configured {wanted[k]!r}" for k in wanted if stored[k] != wanted[k]]
-    if diff:
-        raise VectorStoreError(
-            f"collection {cfg.collection!r} does not match the configured encoder ({'; '.join(diff)}); "
-            "rebuild it with --full-refresh or set chroma.collection to a new name"
-        )
+    check_stored_encoder({"embedding_model": meta.get("embedding_model"), "embedding_dim": meta.get("embedding_dim"),
+                          "space": _stored_space(collection)}, cfg, embedding_model, dim)
 
 
 def open_collection(client: "ClientAPI", cfg: ChromaConfig, *, embedding_model: str, dim: int,
@@ -209,7 +229,7 @@ def open_collection(client: "ClientAPI", cfg: ChromaConfig, *, embedding_model: 
         collection = client.get_or_create_collection(cfg.collection, configuration={"hnsw": hnsw},
                                                      metadata=meta, embedding_function=None)
         log.info("created Chroma collection %r in %s (%s)", cfg.collection, _where(cfg), hnsw)
-    _check_collection(collection, cfg, embedding_model, dim)
+    check_collection(collection, cfg, embedding_model, dim)
     hnsw_now = _hnsw_config(collection)
     if hnsw_now.get("ef_search") not in (None, cfg.hnsw_search_ef):
         collection.modify(configuration={"hnsw": {"ef_search": cfg.hnsw_search_ef}})
@@ -359,7 +379,8 @@ def verify_collection(collection: "Collection", expected_ids: set[str], *, examp
     return counts
 
 
-def _partition_payload(pdf: Any, dim: int) -> tuple[list[str], np.ndarray, list[str], list[dict[str, Any]]]:
+def partition_payload(pdf: Any, dim: int) -> tuple[list[str], np.ndarray, list[str], list[dict[str, Any]]]:
+    """(ids, vectors, documents, metadatas) of a pandas batch of ``WRITE_COLUMNS``, dimensions checked."""
     ids = pdf["chunk_id"].astype(str).tolist()
     rows = pdf["embedding"].tolist()
     bad = [(cid, 0 if v is None else len(v)) for cid, v in zip(ids, rows) if v is None or len(v) != dim]
@@ -372,139 +393,14 @@ def _partition_payload(pdf: Any, dim: int) -> tuple[list[str], np.ndarray, list[
     return ids, vectors, pdf["text"].astype(str).tolist(), metas
 
 
-def write_partitions_to_server(df: "DataFrame", cfg: ChromaConfig, *, embedding_model: str, dim: int,
-                               replace: bool = True, backoff_s: float = 0.5) -> int:
-    """Write a chunks DataFrame to a Chroma server from the executors, one client per worker.
-
-    The driver creates/checks the collection first; each task then upserts its Arrow
-    batches (at most the server's max batch size per call).
-
-    Returns:
-        The number of chunks written.
-
-    Raises:
-        ConfigError: ``cfg.mode`` is not ``server``.
-        SchemaError: a required column is missing (checked before any Spark action).
-        VectorStoreError: server unreachable, or the collection belongs to another encoder.
-    """
-    if cfg.mode != "server":
-        raise ConfigError(f"chroma.mode: executor writes need 'server', got {cfg.mode!r} "
-                          "(embedded directories take one writer: load them on the driver)")
-    require_columns(df.schema, _WRITE_COLUMNS, where="write_partitions_to_server")
-    open_collection(open_client(cfg, backoff_s=backoff_s), cfg, embedding_model=embedding_model, dim=dim, create=True)
-    make_collection = make_collection_fn(cfg, embedding_model=embedding_model, dim=dim, backoff_s=backoff_s)
-
-    def write(batches: Iterator[Any]) -> Iterator[Any]:
-        import pandas as pd
-
-        collection = make_collection()
-        written = 0
-        for pdf in batches:
-            if len(pdf):
-                ids, vectors, docs, metas = _partition_payload(pdf, dim)
-                written += int(upsert_chunks(collection, ids, vectors, docs, metas, batch_size=cfg.batch_size,
-                                             replace=replace)["written"])
-        yield pd.DataFrame({"written": [written]})
-
-    cols = list(_WRITE_COLUMNS)
-    rows = df.select(*cols).mapInPandas(write, schema="written long").collect()
-    total = sum(int(r["written"]) for r in rows)
-    log.info("wrote %d chunks to Chroma %r at %s:%s from %d tasks", total, cfg.collection, cfg.host, cfg.port, len(rows))
-    return total
+# Moved when the store was sharded; old imports keep working.
+_MOVED = {"write_partitions_to_server": "sparkrag.chroma_sync", "snapshot_for_executors": "sparkrag.shards",
+          "open_snapshot_collection": "sparkrag.shards", "make_collection_fn": "sparkrag.shards"}
 
 
-def snapshot_for_executors(spark: "SparkSession", cfg: ChromaConfig) -> str:
-    """Ship a tar.gz copy of the embedded persist directory to every executor (``addArchive``).
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
 
-    Take it after the load: a reader never sees vectors added after it opened the index.
-
-    Returns:
-        The archive name to pass to :func:`open_snapshot_collection` on executors.
-
-    Raises:
-        ConfigError: ``cfg.mode`` is not ``embedded``.
-        VectorStoreError: the directory holds no Chroma database, or a writer holds it.
-    """
-    if cfg.mode != "embedded":
-        raise ConfigError(f"chroma.mode: snapshots are for 'embedded', got {cfg.mode!r}")
-    if not os.path.isfile(os.path.join(cfg.path, "chroma.sqlite3")):
-        raise VectorStoreError(f"no Chroma database in {cfg.path} (chroma.path); run the ingest job first")
-    name = f"chroma-{cfg.collection}-{uuid.uuid4().hex[:12]}.tar.gz"
-    archive = os.path.join(tempfile.mkdtemp(prefix="sparkrag-snapshot-"), name)
-    with _exclusive_lock(cfg.path, purpose="snapshot"), tarfile.open(archive, "w:gz") as tar:
-        tar.add(cfg.path, arcname=".", filter=lambda info: None if info.name.endswith(_LOCK_FILE) else info)
-    try:
-        context = spark.sparkContext
-    except Exception:  # Spark Connect (Databricks serverless / shared clusters) has no SparkContext
-        context = None
-    if context is not None:
-        context.addArchive(archive)
-    else:
-        spark.addArtifacts(archive, archive=True)
-    log.info("shipped Chroma snapshot %s (%.1f MB) to executors", name, os.path.getsize(archive) / 1e6)
-    return name
-
-
-def open_snapshot_collection(name: str, collection_name: str) -> "Collection":
-    """On an executor: the collection inside snapshot ``name``, opened once per worker.
-
-    Opening writes to the SQLite file, so each worker opens its own writable copy (a shared
-    or read-only one fails or races).
-
-    Raises:
-        VectorStoreError: the snapshot is not present on this executor.
-    """
-    return worker_cached(("chroma-snapshot", name, collection_name), lambda: _open_snapshot(name, collection_name))
-
-
-def _open_snapshot(name: str, collection_name: str) -> "Collection":
-    import atexit
-
-    import chromadb
-    from pyspark import SparkFiles
-
-    src = SparkFiles.get(name)
-    if not os.path.exists(src):
-        raise VectorStoreError(f"Chroma snapshot {name!r} not found at {src}; "
-                               "call snapshot_for_executors in this Spark application first")
-    local = tempfile.mkdtemp(prefix="sparkrag-chroma-")
-    atexit.register(shutil.rmtree, local, True)
-    if os.path.isdir(src):
-        shutil.copytree(src, local, dirs_exist_ok=True)
-    else:  # shipped with addFile: still an archive
-        with tarfile.open(src) as tar:
-            tar.extractall(local, filter="data")
-    client = chromadb.PersistentClient(path=local, settings=_settings())
-    return client.get_collection(collection_name, embedding_function=None)
-
-
-def make_collection_fn(cfg: ChromaConfig, *, snapshot: str | None = None, embedding_model: str | None = None,
-                       dim: int | None = None, backoff_s: float = 0.5) -> Callable[[], "Collection"]:
-    """A zero-argument, picklable function that opens the collection on a worker, once per worker.
-
-    Server mode connects to ``cfg.host:cfg.port``; embedded mode opens ``snapshot`` (see
-    :func:`snapshot_for_executors`) or, without one, ``cfg.path`` in place ("shared path":
-    local mode or a shared disk, read-only use while no writer is active). With
-    ``embedding_model`` and ``dim`` the collection is checked against them.
-    """
-
-    def load() -> "Collection":
-        if cfg.mode == "embedded" and snapshot is not None:
-            collection = open_snapshot_collection(snapshot, cfg.collection)
-        else:
-            key = ("chroma", cfg.mode, cfg.path if cfg.mode == "embedded" else (cfg.host, cfg.port), cfg.collection)
-            collection = worker_cached(key, lambda: _open_existing(cfg, backoff_s))
-        if embedding_model is not None and dim is not None:
-            _check_collection(collection, cfg, embedding_model, dim)
-        return collection
-
-    return load
-
-
-def _open_existing(cfg: ChromaConfig, backoff_s: float) -> "Collection":
-    from chromadb.errors import NotFoundError
-
-    try:
-        return open_client(cfg, backoff_s=backoff_s).get_collection(cfg.collection, embedding_function=None)
-    except NotFoundError:
-        raise VectorStoreError(f"collection {cfg.collection!r} does not exist in {_where(cfg)}") from None
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
