@@ -9,7 +9,7 @@ loaded 2-core machine, so the module makes few of them and checks many things on
 * ``baseline``: extractive, ANN, no filters (schema, contexts, lineage, abstention, faults);
 * ``filtered``: static ``where`` + per-row ``where_columns`` + per-row ``where_document`` +
   ``max_chunks_per_doc=1`` + ``max_distance``, each proven against the baseline's contexts;
-* ``exact_rerun``: ``--retrieval-mode exact --run-id <baseline's>`` through ``jobs/answer.py``:
+* ``exact_rerun``: ``--vector-search exact --run-id <baseline's>`` through ``jobs/answer.py``:
   the same chunk ids as ANN, and the run's rows replaced rather than duplicated;
 * ``chatqa`` / ``chatqa_resumed``: the tiny Llama through ``jobs/answer.py``, then ``--resume``;
 * ``server``: the collection loaded into a ``chroma run`` server and answered from it.
@@ -209,7 +209,7 @@ def exact_rerun(spark, indexed, baseline) -> Run:
     """The baseline run answered again, exact mode, under the same --run-id."""
     from sparkrag.jobs.answer import run
 
-    record = run(job_args(indexed.root, "--retrieval-mode", "exact", "--run-id", BASELINE_RUN), spark=spark)
+    record = run(job_args(indexed.root, "--vector-search", "exact", "--run-id", BASELINE_RUN), spark=spark)
     return capture(spark, indexed.cfg, record)
 
 
@@ -295,7 +295,7 @@ def test_extractive_rows_carry_lineage_latency_and_token_counts(baseline):
     assert len({r["created_at"] for r in baseline.rows}) == 1 and baseline.rows[0]["created_at"] is not None
     for row in baseline.rows:
         assert (row["run_id"], row["model_id"], row["embedding_model"], row["collection"], row["retrieval_mode"]) == (
-            BASELINE_RUN, f"extractive:{MODEL}", MODEL, COLLECTION, "ann"), row["question_id"]
+            BASELINE_RUN, f"extractive:{MODEL}", MODEL, COLLECTION, "dense"), row["question_id"]
         assert row["latency_ms"] > 0 and row["prompt"] is None and row["history"] is None
     for qid, row in baseline.by_id.items():
         if qid in EMPTY:
@@ -314,7 +314,8 @@ def test_unfiltered_rows_record_no_filters_and_near_duplicates_are_dropped(basel
             assert row["filters_json"] is None
             continue
         filters = json.loads(row["filters_json"])
-        assert filters["mode"] == "ann" and filters["pre_query"] == {"where": None}, qid
+        assert (filters["mode"], filters["vector_search"]) == ("dense", "ann") and "fusion" not in filters, qid
+        assert filters["pre_query"] == {"where": None}, qid
         assert filters["in_query"] == {"where_document": None}, qid
         assert filters["post_query"]["max_distance"] is None and filters["post_query"]["max_chunks_per_doc"] is None
         assert filters["removed"]["fetched"] == 20 and filters["removed"]["top_k"] > 0, qid
@@ -446,7 +447,7 @@ def test_exact_mode_returns_the_same_chunks_as_ann(baseline, exact_rerun):
             assert got["distance"] == pytest.approx(want["distance"], abs=1e-5)
             assert got["metadata"] == want["metadata"] and got["text"] == want["text"]
         assert row["answer"] == ann["answer"], qid
-        assert (row["retrieval_mode"], row["collection"]) == ("exact", "exact:rag.chunks")
+        assert (row["retrieval_mode"], row["collection"]) == ("dense", "exact:rag.chunks")
 
 
 def test_rerun_with_the_same_run_id_replaces_rows(baseline, exact_rerun):
@@ -579,7 +580,7 @@ def test_help_lists_every_option(capsys):
     text = capsys.readouterr().out
     options = [o for a in build_parser()._actions for o in a.option_strings if o.startswith("--")]
     assert {"--config", "--set", "--log-level", "--questions", "--answers-table", "--collection", "--chroma-path",
-            "--generator", "--model", "--retrieval-mode", "--run-id", "--resume", "--limit"} <= set(options)
+            "--generator", "--model", "--retrieval-mode", "--vector-search", "--run-id", "--resume", "--limit"} <= set(options)
     assert {"--" + dest.replace("_", "-") for dest in SHORTCUTS} <= set(options)
     for option in options:
         assert option in text

@@ -105,8 +105,9 @@ def _answer(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
         return
     with rec.stage("open_index"):
         index_fn = _index_factory(spark, tables, cfg, dim)
+        lexical_fn = _lexical_factory(spark, tables, cfg, rec) if cfg.retrieval.mode != "dense" else None
     parallelism = max(spark.sparkContext.defaultParallelism, 1)
-    retrieve = make_retrieve_stage(cfg, index_fn)
+    retrieve = make_retrieve_stage(cfg, index_fn, lexical_fn)
     stage1 = todo.repartition(parallelism).mapInPandas(retrieve, stage1_schema())
     generate, profile = make_generate_stage(cfg)
     # The repartition is the stage boundary that lets generation run under its own
@@ -142,7 +143,7 @@ def _index_factory(spark: "SparkSession", tables: "Tables", cfg: RagConfig, dim:
     """A zero-argument, picklable factory of the search index on executors."""
     from sparkrag.vectorstore import make_collection_fn, open_client, open_collection, snapshot_for_executors
 
-    if cfg.retrieval.mode == "exact":
+    if cfg.retrieval.vector_search == "exact":
         from pyspark.sql import functions as F
 
         from sparkrag.answer_stages import make_exact_index_fn
@@ -155,12 +156,30 @@ def _index_factory(spark: "SparkSession", tables: "Tables", cfg: RagConfig, dim:
     # Fail on the driver, before any task starts, when the collection is missing or foreign.
     open_collection(open_client(cfg.chroma), cfg.chroma, embedding_model=cfg.encoder.model, dim=dim, create=False)
     snapshot = None
-    access = cfg.answer.chroma_access
-    if cfg.chroma.mode == "embedded":
-        local = spark.sparkContext.master.startswith("local")
-        if access == "snapshot" or (access == "auto" and not local):
-            snapshot = snapshot_for_executors(spark, cfg.chroma)
+    if cfg.chroma.mode == "embedded" and _ship_indexes(spark, cfg):
+        snapshot = snapshot_for_executors(spark, cfg.chroma)
     return make_collection_fn(cfg.chroma, snapshot=snapshot, embedding_model=cfg.encoder.model, dim=dim)
+
+
+def _lexical_factory(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRecorder):
+    """A picklable loader of the published BM25 index; fails on the driver when there is none."""
+    from sparkrag.lexical import current_version_dir, make_lexical_fn, read_manifest, ship_lexical_index
+
+    folder = current_version_dir(cfg.lexical.path)  # resolved once: every task reads this version
+    built_from = (read_manifest(cfg.lexical.path) or {}).get("chunks_version")
+    rec.outputs["lexical_index"] = folder
+    if tables.exists(cfg.names.chunks) and built_from != tables.version(cfg.names.chunks):
+        log.warning("lexical index %s was built from chunks table version %s, the table is at %s: "
+                    "rerun the ingest job", folder, built_from, tables.version(cfg.names.chunks))
+    if _ship_indexes(spark, cfg):
+        return make_lexical_fn(folder, shipped=ship_lexical_index(spark, folder))
+    return make_lexical_fn(folder)
+
+
+def _ship_indexes(spark: "SparkSession", cfg: RagConfig) -> bool:
+    """Whether executors get copies of the local indexes (clusters) or open their paths (local, shared disk)."""
+    access = cfg.answer.chroma_access
+    return access == "snapshot" or (access == "auto" and not spark.sparkContext.master.startswith("local"))
 
 
 def _summarise(tables: "Tables", cfg: RagConfig, rec: RunRecorder) -> None:

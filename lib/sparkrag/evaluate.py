@@ -192,7 +192,7 @@ def exact_top_k(chunks: "DataFrame", queries: np.ndarray, *, k: int, space: str)
     def top(batches):
         import pandas as pd
 
-        from sparkrag.retrieve import ExactIndex
+        from sparkrag.exact import ExactIndex
 
         best_ids, best_d = np.empty((len(q), 0), dtype=object), np.empty((len(q), 0))
         for pdf in batches:
