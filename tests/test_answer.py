@@ -9,6 +9,7 @@ loaded 2-core machine, so the module makes few of them and checks many things on
 * ``baseline``: extractive, ANN, no filters (schema, contexts, lineage, abstention, faults);
 * ``filtered``: static ``where`` + per-row ``where_columns`` + per-row ``where_document`` +
   ``max_chunks_per_doc=1`` + ``max_distance``, each proven against the baseline's contexts;
+* ``hybrid``: the ``filtered`` settings with ``--retrieval-mode hybrid`` through ``jobs/answer.py``;
 * ``exact_rerun``: ``--vector-search exact --run-id <baseline's>`` through ``jobs/answer.py``:
   the same chunk ids as ANN, and the run's rows replaced rather than duplicated;
 * ``chatqa`` / ``chatqa_resumed``: the tiny Llama through ``jobs/answer.py``, then ``--resume``;
@@ -202,6 +203,15 @@ def filtered(spark, indexed, baseline) -> Run:
 
     cfg = make_cfg(indexed.root, *FILTERS)
     return capture(spark, cfg, run_answer(spark, cfg))
+
+
+@pytest.fixture(scope="module")
+def hybrid(spark, indexed, filtered) -> Run:
+    """The filtered run's settings, BM25 and dense fused."""
+    from sparkrag.jobs.answer import run
+
+    record = run(job_args(indexed.root, "--retrieval-mode", "hybrid", sets=tuple(FILTERS)), spark=spark)
+    return capture(spark, indexed.cfg, record)
 
 
 @pytest.fixture(scope="module")
@@ -436,6 +446,26 @@ def test_filters_json_records_the_filters_applied(filtered):
         assert filters["post_query"]["max_chunks_per_doc"] == 1
         assert filters["post_query"]["max_distance"] == MAX_DISTANCE
     assert f["q01-beyonce"]["removed"]["max_chunks_per_doc"] >= 1 and f["q06-ipod"]["removed"]["max_distance"] >= 1
+
+
+# -- hybrid: the same filters, each context's retrievers recorded -----------------------------
+def test_hybrid_run_applies_every_filter_and_records_retrievers(indexed, hybrid):
+    assert hybrid.record["outputs"]["lexical_index"].startswith(indexed.cfg.lexical.path + "/v-")
+    both = 0
+    for qid, row in hybrid.by_id.items():
+        if qid in EMPTY:
+            continue
+        assert row["retrieval_mode"] == "hybrid" and json.loads(row["filters_json"])["fusion"]["method"] == "rrf"
+        checks = filter_checks(qid)
+        assert all(passes(checks, c) for c in row["contexts"]), qid
+        assert len({c["doc_id"] for c in row["contexts"]}) == len(row["contexts"]), qid
+        scores = [c["fusion_score"] for c in row["contexts"]]
+        assert scores == sorted(scores, reverse=True), qid
+        for ctx in row["contexts"]:
+            assert ctx["retrievers"] and set(ctx["retrievers"]) <= {"dense", "lexical"}, qid
+            both += set(ctx["retrievers"]) == {"dense", "lexical"}
+    assert both  # fused lists: contexts both retrievers found (lexical-only hits are unit-tested in test_hybrid)
+    assert hybrid.by_id[OFFTOPIC]["contexts"] == []  # max_distance holds for BM25's hits too
 
 
 # -- exact mode and reruns ------------------------------------------------------------------
