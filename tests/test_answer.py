@@ -468,6 +468,35 @@ def test_hybrid_run_applies_every_filter_and_records_retrievers(indexed, hybrid)
     assert hybrid.by_id[OFFTOPIC]["contexts"] == []  # max_distance holds for BM25's hits too
 
 
+def test_evaluation_compares_retrieval_modes_side_by_side(spark, indexed, baseline):
+    """Through jobs/evaluate.py: every mode finds the rare-term document first, none finds a missing one."""
+    from deltalake import DeltaTable
+
+    from sparkrag.jobs.evaluate import run
+
+    gold = {"q04-rare": "note-rare", "q07-offtopic": "no-such-document"}
+    rows = [(qid, q, gold.get(qid)) for qid, (q, _, _) in QUESTIONS.items()]
+    tables_of(spark, indexed.cfg).write(spark.createDataFrame(rows, "qid string, question string, gold_doc string"),
+                                        "rag.gold_questions")
+    report = indexed.root / "report-modes"
+    result = run(job_args(indexed.root, "--questions", "rag.gold_questions", "--run-id", BASELINE_RUN,
+                          "--gold-doc-column", "gold_doc", "--gold-answers-column", "", "--impossible-column", "",
+                          "--ann-sample", "0", "--compare-modes", "dense,lexical,hybrid", "--ks", "1,5",
+                          "--report-dir", str(report)), spark=spark)
+    assert list(result["modes"]) == ["dense", "lexical", "hybrid"]
+    for mode, figures in result["modes"].items():
+        assert figures["queries"] == 2 and figures["queries_per_s"] > 0, mode
+        assert (figures["recall@1"], figures["recall@5"], figures["mrr"]) == (0.5, 0.5, 0.5), mode
+        assert result["metrics"][f"{mode}_recall@1"] == 0.5 and result["metrics"][f"{mode}_mrr"] == 0.5
+    stored = DeltaTable(result["metrics_table"]).to_pandas()
+    mine = stored[stored["eval_run_id"] == result["eval_run_id"]]
+    assert set(mine[mine["metric"] == "hybrid_recall"]["k"]) == {1, 5}
+    text = (report / "report.md").read_text(encoding="utf-8")
+    assert "## Retrieval modes" in text and all(f"| {m} | 0.5 | 0.5 | 0.5 |" in text for m in ("dense", "lexical"))
+    with pytest.raises(Exception, match="--compare-modes"):
+        run(job_args(indexed.root, "--compare-modes", "dense,bm25", "--ann-sample", "0"), spark=spark)
+
+
 # -- exact mode and reruns ------------------------------------------------------------------
 def test_exact_mode_returns_the_same_chunks_as_ann(baseline, exact_rerun):
     for qid, row in exact_rerun.by_id.items():
