@@ -28,6 +28,8 @@ setup(
         "numpy>=1.26",
         "pyyaml>=6",
         "matplotlib>=3.8",  # evaluation report plots (Agg backend, no display)
+        # BM25 for retrieval.mode lexical/hybrid: local Chroma 1.5 has no full-text ranking.
+        "bm25s>=0.2.10,<0.4",
     ],
     extras_require={
         # Spark itself: Databricks runtimes and clusters bring their own, so the wheel does

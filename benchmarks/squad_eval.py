@@ -70,7 +70,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--top-k", type=int, default=10, help="contexts kept per question (retrieval.top_k)")
     parser.add_argument("--generator", choices=["extractive", "chatqa"], default="extractive")
     parser.add_argument("--model", help="causal LM for --generator chatqa (hub id or local folder)")
-    parser.add_argument("--retrieval-mode", choices=["ann", "exact"], default="ann")
+    parser.add_argument("--retrieval-mode", choices=["dense", "lexical", "hybrid"], default="dense",
+                        help="retrieval of the answer run")
+    parser.add_argument("--vector-search", choices=["ann", "exact"], default="ann")
+    parser.add_argument("--compare-modes", default="dense,lexical,hybrid",
+                        help="modes compared on every question with a gold document ('' for none)")
     parser.add_argument("--ann-sample", type=int, default=200, help="questions in the ANN audit (0: none)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override passed to every job")
@@ -93,7 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
         counts = _timed("load", lambda: load_jsonl_tables(spark, args.data, overrides), timings)
         print(f"loaded {counts} into {workdir / 'tables'}", flush=True)
         _timed("ingest", lambda: ingest_main([*common, "--full-refresh"], spark=spark), timings)
-        answer_argv = [*common, "--generator", args.generator, "--retrieval-mode", args.retrieval_mode]
+        answer_argv = [*common, "--generator", args.generator, "--retrieval-mode", args.retrieval_mode,
+                       "--vector-search", args.vector_search]
         if args.model:
             answer_argv += ["--model", args.model]
         if args.limit:
@@ -101,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         answer = _timed("answer", lambda: answer_main(answer_argv, spark=spark), timings)
         result = _timed("evaluate", lambda: evaluate_main(
             [*common, "--run-id", answer["run_id"], "--ann-sample", str(args.ann_sample),
+             "--compare-modes", args.compare_modes, "--ks", "1,5,10",
              "--report-dir", str(workdir / "report")], spark=spark), timings)
     finally:
         if args.workdir is None and not args.keep:
@@ -108,7 +114,16 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = result["metrics"]
     summary = {key: round(metrics[key], 4) for key in SUMMARY if key in metrics}
     print(json.dumps({"questions": result["counts"]["evaluated"], **summary, "seconds": timings}, indent=2))
-    return {"metrics": metrics, "counts": result["counts"], "seconds": timings}
+    modes = result.get("modes") or {}
+    if modes:
+        print(f"\nretrieval modes over {next(iter(modes.values()))['queries']} questions (queries/s excludes encoding):")
+        print(f"{'mode':8} {'recall@1':>9} {'recall@5':>9} {'recall@10':>10} {'MRR':>7} {'queries/s':>10} {'vs dense':>9}")
+        base = modes.get("dense", {}).get("queries_per_s")
+        for mode, row in modes.items():
+            ratio = f"{row['queries_per_s'] / base:.2f}x" if base else ""
+            print(f"{mode:8} {row['recall@1']:9.3f} {row['recall@5']:9.3f} {row['recall@10']:10.3f} {row['mrr']:7.3f} "
+                  f"{row['queries_per_s']:10.1f} {ratio:>9}")
+    return {"metrics": metrics, "counts": result["counts"], "seconds": timings, "modes": modes}
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ SHORTCUTS = {
     "resume": "answer.resume",
     "limit": "answer.limit",
     "retrieval_mode": "retrieval.mode",
+    "vector_search": "retrieval.vector_search",
 }
 
 
@@ -41,7 +42,10 @@ def build_parser():
     parser.add_argument("--chroma-path", metavar="DIR", help="embedded Chroma directory (chroma.path)")
     parser.add_argument("--generator", choices=["extractive", "chatqa"], help="answerer (generator.kind)")
     parser.add_argument("--model", metavar="ID_OR_PATH", help="causal LM for chatqa: hub id or local folder (generator.model)")
-    parser.add_argument("--retrieval-mode", choices=["ann", "exact"], help="HNSW (Chroma) or brute force (retrieval.mode)")
+    parser.add_argument("--retrieval-mode", choices=["dense", "lexical", "hybrid"],
+                        help="vector search, BM25, or both fused (retrieval.mode)")
+    parser.add_argument("--vector-search", choices=["ann", "exact"],
+                        help="HNSW (Chroma) or brute force over the chunks table (retrieval.vector_search)")
     parser.add_argument("--run-id", metavar="ID", help="run id to write under (answer.run_id); default: a new one")
     parser.add_argument("--resume", action="store_true", help="answer only questions without a successful answer in --run-id")
     parser.add_argument("--limit", type=int, metavar="N", help="answer at most N questions (answer.limit)")

@@ -2,9 +2,10 @@
 
 Loads resources/sample (250 Wikipedia paragraphs, 54 questions, 4 of them unanswerable)
 into Delta tables under data/tables, ingests them into an embedded Chroma at data/chroma
-with the offline MiniLM encoder, answers with the extractive answerer (no LLM weights can
-be downloaded offline; --generator chatqa --model <folder> switches to ChatQA), then prints
-question / answer / top source and one SQL query over the results.
+(MiniLM, offline) and a BM25 index beside it, answers with hybrid retrieval and the
+extractive answerer (no LLM weights can be downloaded offline; --generator chatqa --model
+<folder> switches to ChatQA), then prints question / answer / top source and one SQL
+query over the results.
 
 A second run is fast and changes nothing: the ingest is incremental and the answers run
 (id "demo") resumes, finding every question already answered.
@@ -27,6 +28,7 @@ DEMO_DEFAULTS = [
     "answer.run_id=demo",
     "answer.resume=true",
     "documents.metadata=[source, lang]",
+    "retrieval.mode=hybrid",  # BM25 + dense: the mode to use when questions name things
 ]
 EXAMPLE_SQL = """
 SELECT c.doc_id AS most_cited_document, count(*) AS citations
@@ -68,6 +70,7 @@ def _show(spark, tables, cfg) -> None:
     for field in ("documents", "questions", "chunks", "answers", "runs", "rejects"):
         print(f"  {field:10s} {tables.location(getattr(cfg.names, field))}")
     print(f"  chroma     {Path(cfg.chroma.path).resolve()} (collection {cfg.chroma.collection!r})")
+    print(f"  lexical    {Path(cfg.lexical.path).resolve()} (BM25)")
     tables.register_views({"answers": cfg.names.answers})
     print(f"\nSQL (also: .venv/bin/sparkrag-sql --file resources/sql/<query>.sql):{EXAMPLE_SQL}")
     for r in spark.sql(EXAMPLE_SQL).collect():

@@ -48,6 +48,10 @@ def build_parser():
     parser.add_argument("--ann-sample", metavar="N", type=int, default=d.ann_sample,
                         help="questions in the ANN audit; 0 disables it (default: %(default)s)")
     parser.add_argument("--ann-k", metavar="K", type=int, default=d.ann_k, help="ANN recall@K (default: %(default)s)")
+    parser.add_argument("--compare-modes", metavar="MODE,MODE", default="",
+                        help="retrieval modes compared side by side (dense,lexical,hybrid); '' for none")
+    parser.add_argument("--compare-sample", metavar="N", type=int, default=d.compare_sample,
+                        help="questions in the mode comparison; 0: all with a gold document (default: %(default)s)")
     parser.add_argument("--ks", metavar="K,K", default=",".join(map(str, d.ks)),
                         help="recall@k cut-offs (default: %(default)s)")
     parser.add_argument("--gold-doc-column", metavar="COL", default=d.gold_doc_column,
@@ -71,7 +75,9 @@ def eval_options_from_args(args) -> "EvalOptions":
     return EvalOptions(run_id=args.run_id, gold_doc_column=args.gold_doc_column or None,
                        gold_answers_column=args.gold_answers_column or None,
                        impossible_column=args.impossible_column or None, ks=ks, ann_sample=args.ann_sample,
-                       ann_k=args.ann_k, report_dir=args.report_dir or None)
+                       ann_k=args.ann_k, report_dir=args.report_dir or None,
+                       compare_modes=tuple(m.strip() for m in args.compare_modes.split(",") if m.strip()),
+                       compare_sample=args.compare_sample)
 
 
 def run(argv: Sequence[str] | None = None, spark=None) -> dict:

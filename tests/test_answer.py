@@ -9,7 +9,8 @@ loaded 2-core machine, so the module makes few of them and checks many things on
 * ``baseline``: extractive, ANN, no filters (schema, contexts, lineage, abstention, faults);
 * ``filtered``: static ``where`` + per-row ``where_columns`` + per-row ``where_document`` +
   ``max_chunks_per_doc=1`` + ``max_distance``, each proven against the baseline's contexts;
-* ``exact_rerun``: ``--retrieval-mode exact --run-id <baseline's>`` through ``jobs/answer.py``:
+* ``hybrid``: the ``filtered`` settings with ``--retrieval-mode hybrid`` through ``jobs/answer.py``;
+* ``exact_rerun``: ``--vector-search exact --run-id <baseline's>`` through ``jobs/answer.py``:
   the same chunk ids as ANN, and the run's rows replaced rather than duplicated;
 * ``chatqa`` / ``chatqa_resumed``: the tiny Llama through ``jobs/answer.py``, then ``--resume``;
 * ``server``: the collection loaded into a ``chroma run`` server and answered from it.
@@ -205,11 +206,20 @@ def filtered(spark, indexed, baseline) -> Run:
 
 
 @pytest.fixture(scope="module")
+def hybrid(spark, indexed, filtered) -> Run:
+    """The filtered run's settings, BM25 and dense fused."""
+    from sparkrag.jobs.answer import run
+
+    record = run(job_args(indexed.root, "--retrieval-mode", "hybrid", sets=tuple(FILTERS)), spark=spark)
+    return capture(spark, indexed.cfg, record)
+
+
+@pytest.fixture(scope="module")
 def exact_rerun(spark, indexed, baseline) -> Run:
     """The baseline run answered again, exact mode, under the same --run-id."""
     from sparkrag.jobs.answer import run
 
-    record = run(job_args(indexed.root, "--retrieval-mode", "exact", "--run-id", BASELINE_RUN), spark=spark)
+    record = run(job_args(indexed.root, "--vector-search", "exact", "--run-id", BASELINE_RUN), spark=spark)
     return capture(spark, indexed.cfg, record)
 
 
@@ -295,7 +305,7 @@ def test_extractive_rows_carry_lineage_latency_and_token_counts(baseline):
     assert len({r["created_at"] for r in baseline.rows}) == 1 and baseline.rows[0]["created_at"] is not None
     for row in baseline.rows:
         assert (row["run_id"], row["model_id"], row["embedding_model"], row["collection"], row["retrieval_mode"]) == (
-            BASELINE_RUN, f"extractive:{MODEL}", MODEL, COLLECTION, "ann"), row["question_id"]
+            BASELINE_RUN, f"extractive:{MODEL}", MODEL, COLLECTION, "dense"), row["question_id"]
         assert row["latency_ms"] > 0 and row["prompt"] is None and row["history"] is None
     for qid, row in baseline.by_id.items():
         if qid in EMPTY:
@@ -314,7 +324,8 @@ def test_unfiltered_rows_record_no_filters_and_near_duplicates_are_dropped(basel
             assert row["filters_json"] is None
             continue
         filters = json.loads(row["filters_json"])
-        assert filters["mode"] == "ann" and filters["pre_query"] == {"where": None}, qid
+        assert (filters["mode"], filters["vector_search"]) == ("dense", "ann") and "fusion" not in filters, qid
+        assert filters["pre_query"] == {"where": None}, qid
         assert filters["in_query"] == {"where_document": None}, qid
         assert filters["post_query"]["max_distance"] is None and filters["post_query"]["max_chunks_per_doc"] is None
         assert filters["removed"]["fetched"] == 20 and filters["removed"]["top_k"] > 0, qid
@@ -437,6 +448,55 @@ def test_filters_json_records_the_filters_applied(filtered):
     assert f["q01-beyonce"]["removed"]["max_chunks_per_doc"] >= 1 and f["q06-ipod"]["removed"]["max_distance"] >= 1
 
 
+# -- hybrid: the same filters, each context's retrievers recorded -----------------------------
+def test_hybrid_run_applies_every_filter_and_records_retrievers(indexed, hybrid):
+    assert hybrid.record["outputs"]["lexical_index"].startswith(indexed.cfg.lexical.path + "/v-")
+    both = 0
+    for qid, row in hybrid.by_id.items():
+        if qid in EMPTY:
+            continue
+        assert row["retrieval_mode"] == "hybrid" and json.loads(row["filters_json"])["fusion"]["method"] == "rrf"
+        checks = filter_checks(qid)
+        assert all(passes(checks, c) for c in row["contexts"]), qid
+        assert len({c["doc_id"] for c in row["contexts"]}) == len(row["contexts"]), qid
+        scores = [c["fusion_score"] for c in row["contexts"]]
+        assert scores == sorted(scores, reverse=True), qid
+        for ctx in row["contexts"]:
+            assert ctx["retrievers"] and set(ctx["retrievers"]) <= {"dense", "lexical"}, qid
+            both += set(ctx["retrievers"]) == {"dense", "lexical"}
+    assert both  # fused lists: contexts both retrievers found (lexical-only hits are unit-tested in test_hybrid)
+    assert hybrid.by_id[OFFTOPIC]["contexts"] == []  # max_distance holds for BM25's hits too
+
+
+def test_evaluation_compares_retrieval_modes_side_by_side(spark, indexed, baseline):
+    """Through jobs/evaluate.py: every mode finds the rare-term document first, none finds a missing one."""
+    from deltalake import DeltaTable
+
+    from sparkrag.jobs.evaluate import run
+
+    gold = {"q04-rare": "note-rare", "q07-offtopic": "no-such-document"}
+    rows = [(qid, q, gold.get(qid)) for qid, (q, _, _) in QUESTIONS.items()]
+    tables_of(spark, indexed.cfg).write(spark.createDataFrame(rows, "qid string, question string, gold_doc string"),
+                                        "rag.gold_questions")
+    report = indexed.root / "report-modes"
+    result = run(job_args(indexed.root, "--questions", "rag.gold_questions", "--run-id", BASELINE_RUN,
+                          "--gold-doc-column", "gold_doc", "--gold-answers-column", "", "--impossible-column", "",
+                          "--ann-sample", "0", "--compare-modes", "dense,lexical,hybrid", "--ks", "1,5",
+                          "--report-dir", str(report)), spark=spark)
+    assert list(result["modes"]) == ["dense", "lexical", "hybrid"]
+    for mode, figures in result["modes"].items():
+        assert figures["queries"] == 2 and figures["queries_per_s"] > 0, mode
+        assert (figures["recall@1"], figures["recall@5"], figures["mrr"]) == (0.5, 0.5, 0.5), mode
+        assert result["metrics"][f"{mode}_recall@1"] == 0.5 and result["metrics"][f"{mode}_mrr"] == 0.5
+    stored = DeltaTable(result["metrics_table"]).to_pandas()
+    mine = stored[stored["eval_run_id"] == result["eval_run_id"]]
+    assert set(mine[mine["metric"] == "hybrid_recall"]["k"]) == {1, 5}
+    text = (report / "report.md").read_text(encoding="utf-8")
+    assert "## Retrieval modes" in text and all(f"| {m} | 0.5 | 0.5 | 0.5 |" in text for m in ("dense", "lexical"))
+    with pytest.raises(Exception, match="--compare-modes"):
+        run(job_args(indexed.root, "--compare-modes", "dense,bm25", "--ann-sample", "0"), spark=spark)
+
+
 # -- exact mode and reruns ------------------------------------------------------------------
 def test_exact_mode_returns_the_same_chunks_as_ann(baseline, exact_rerun):
     for qid, row in exact_rerun.by_id.items():
@@ -446,7 +506,7 @@ def test_exact_mode_returns_the_same_chunks_as_ann(baseline, exact_rerun):
             assert got["distance"] == pytest.approx(want["distance"], abs=1e-5)
             assert got["metadata"] == want["metadata"] and got["text"] == want["text"]
         assert row["answer"] == ann["answer"], qid
-        assert (row["retrieval_mode"], row["collection"]) == ("exact", "exact:rag.chunks")
+        assert (row["retrieval_mode"], row["collection"]) == ("dense", "exact:rag.chunks")
 
 
 def test_rerun_with_the_same_run_id_replaces_rows(baseline, exact_rerun):
@@ -579,7 +639,7 @@ def test_help_lists_every_option(capsys):
     text = capsys.readouterr().out
     options = [o for a in build_parser()._actions for o in a.option_strings if o.startswith("--")]
     assert {"--config", "--set", "--log-level", "--questions", "--answers-table", "--collection", "--chroma-path",
-            "--generator", "--model", "--retrieval-mode", "--run-id", "--resume", "--limit"} <= set(options)
+            "--generator", "--model", "--retrieval-mode", "--vector-search", "--run-id", "--resume", "--limit"} <= set(options)
     assert {"--" + dest.replace("_", "-") for dest in SHORTCUTS} <= set(options)
     for option in options:
         assert option in text

@@ -109,7 +109,8 @@ def test_scores_equal_the_official_script(pred, answers):
 
 def _ctx(doc_ids):
     return [{"chunk_id": f"{d}-c{r}", "doc_id": d, "title": None, "text": f"text of {d}", "distance": 0.1 * r,
-             "rank": r, "metadata": {}} for r, d in enumerate(doc_ids, start=1)]
+             "rank": r, "metadata": {}, "retrievers": {"dense": r}, "fusion_score": None}
+            for r, d in enumerate(doc_ids, start=1)]
 
 
 def _answer(qid, run_id, when, *, contexts, answer=None, abstained=False, latency=None, tokens=(None, None),
@@ -117,7 +118,7 @@ def _answer(qid, run_id, when, *, contexts, answer=None, abstained=False, latenc
     return {"question_id": qid, "question": f"question {qid}", "history": None, "answer": answer,
             "abstained": abstained, "contexts": None if contexts is None else _ctx(contexts), "filters_json": "{}",
             "prompt": None, "model_id": "extractive:test", "embedding_model": "minilm", "collection": "c",
-            "retrieval_mode": "ann", "prompt_tokens": tokens[0], "completion_tokens": tokens[1],
+            "retrieval_mode": "dense", "prompt_tokens": tokens[0], "completion_tokens": tokens[1],
             "latency_ms": latency, "error": error, "run_id": run_id, "created_at": when}
 
 

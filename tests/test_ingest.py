@@ -134,6 +134,28 @@ def by_doc(chunks: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
     return out
 
 
+def lexical_state(cfg: RagConfig) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The published lexical index: its version folder and chunk_id -> text and metadata."""
+    from sparkrag.lexical import LexicalIndex, current_version_dir
+
+    folder = current_version_dir(cfg.lexical.path)
+    index = LexicalIndex.load(folder)
+    return folder, {cid: {"text": t, "metadata": m} for cid, t, m in zip(index.ids, index.documents, index.metadatas)}
+
+
+def assert_lexical_equals_table(chunks: dict[str, dict[str, Any]], lexical: dict[str, dict[str, Any]]) -> None:
+    assert set(lexical) == set(chunks)
+    for cid, row in chunks.items():
+        assert (lexical[cid]["text"], lexical[cid]["metadata"]) == (row["text"], expected_metadata(row)), cid
+
+
+def lexical_hits(cfg: RagConfig, text: str) -> set[str]:
+    from sparkrag.lexical import LexicalIndex, current_version_dir
+
+    index = LexicalIndex.load(current_version_dir(cfg.lexical.path))
+    return {m["doc_id"] for m in index.query([text], n_results=len(index))["metadatas"][0]}
+
+
 @dataclass
 class State:
     root: Path
@@ -141,10 +163,11 @@ class State:
     record: dict[str, Any]
     chunks: dict[str, dict[str, Any]]
     chroma: dict[str, dict[str, Any]]
+    lexical: tuple[str, dict[str, dict[str, Any]]]
 
 
 def capture(spark, root: Path, cfg: RagConfig, record: dict[str, Any]) -> State:
-    return State(root, cfg, record, delta_chunks(spark, cfg), chroma_state(cfg))
+    return State(root, cfg, record, delta_chunks(spark, cfg), chroma_state(cfg), lexical_state(cfg))
 
 
 def clone(state: State, target: Path, *overrides: str, chroma: bool = True) -> RagConfig:
@@ -152,6 +175,7 @@ def clone(state: State, target: Path, *overrides: str, chroma: bool = True) -> R
     shutil.copytree(state.root / "tables", target / "tables")
     if chroma:
         shutil.copytree(state.root / "chroma", target / "chroma")
+        shutil.copytree(state.root / "chroma-lexical", target / "chroma-lexical")
     return make_cfg(target, *overrides)
 
 
@@ -201,6 +225,9 @@ def test_first_run_writes_chunks_with_lineage_and_loads_chroma(spark, baseline, 
         assert row["metadata"] == {"source": source["source"], "published": source["published"].isoformat(),
                                    "year": None if source["year"] is None else str(source["year"])}
     assert_chroma_equals_table(chunks, baseline.chroma)
+    assert_lexical_equals_table(chunks, baseline.lexical[1])
+    assert record["counts"]["lexical_rebuilt"] == 1 and record["counts"]["lexical_chunks"] == len(chunks)
+    assert record["outputs"]["lexical"] == str(baseline.root / "chroma-lexical")
     ids = sorted(chunks)
     reference = encode([chunks[c]["text"] for c in ids])
     np.testing.assert_allclose(np.asarray([chunks[c]["embedding"] for c in ids], np.float32), reference, atol=TOL)
@@ -235,6 +262,18 @@ def test_incremental_reembeds_only_changed_docs(baseline, incremental, encode):
     np.testing.assert_allclose(np.asarray([r["embedding"] for r in new], np.float32),
                                encode([r["text"] for r in new]), atol=TOL)
     assert_chroma_equals_table(incremental.chunks, incremental.chroma)
+
+
+def test_incremental_run_keeps_the_lexical_index_in_step(baseline, incremental):
+    assert incremental.lexical[0] != baseline.lexical[0].replace(str(baseline.root), str(incremental.root))
+    assert_lexical_equals_table(incremental.chunks, incremental.lexical[1])
+    assert incremental.record["counts"]["lexical_rebuilt"] == 1
+    # a term only the deleted document had is gone; the added and revised texts are searchable
+    assert lexical_hits(baseline.cfg, "Diamonds") == {DELETED}  # "Diamonds Are Forever": this doc only
+    assert lexical_hits(incremental.cfg, "Diamonds") == set()
+    assert ADDED in lexical_hits(incremental.cfg, SAMPLE[36]["text"][:200])
+    assert CHANGED in lexical_hits(incremental.cfg, "revised")
+    assert CHANGED not in lexical_hits(baseline.cfg, "revised")
 
 
 def test_title_and_metadata_change_keeps_ids_and_updates_chroma(baseline, incremental):
@@ -275,6 +314,7 @@ def test_noop_rerun_embeds_nothing_and_writes_only_a_run_row(spark, incremental,
     assert not tables.exists(cfg.names.rejects)
     assert [r["status"] for r in run_rows(spark, cfg, record["run_id"])] == ["succeeded"]
     assert set(chroma_state(cfg)) == set(incremental.chunks)
+    assert counts["lexical_rebuilt"] == 0 and lexical_state(cfg)[0] == incremental.lexical[0]
 
 
 def test_job_full_refresh_reembeds_everything_and_rebuilds_collection(spark, baseline, tmp_path, capsys):

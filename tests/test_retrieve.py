@@ -12,19 +12,10 @@ import pytest
 
 from sparkrag.config import ChromaConfig, RetrievalConfig
 from sparkrag.errors import ConfigError, ModelContractError, SchemaError
-from sparkrag.retrieve import (
-    ExactIndex,
-    apply_post_filters,
-    build_where,
-    build_where_document,
-    check_retrieval_config,
-    check_where,
-    check_where_document,
-    filters_description,
-    make_rerank_fn,
-    retrieve_contexts,
-    search,
-)
+from sparkrag.exact import ExactIndex
+from sparkrag.filters import build_where, build_where_document, check_where, check_where_document
+from sparkrag.rerank import make_rerank_fn
+from sparkrag.retrieve import apply_post_filters, check_retrieval_config, filters_description, retrieve_contexts, search
 from sparkrag.vectorstore import open_client, open_collection, to_chroma_metadata, upsert_chunks
 
 # embedding_function=None is stored as a "legacy" config; reading `configuration` warns.
@@ -379,11 +370,11 @@ def test_retrieve_contexts_rows_fit_the_answers_schema(spark, exact, questions):
 
     from sparkrag.schemas import CONTEXT_STRUCT
 
-    cfg = RetrievalConfig(mode="exact", fetch_k=8, top_k=3, max_chunks_per_doc=2, where={"source": "wiki"})
+    cfg = RetrievalConfig(vector_search="exact", fetch_k=8, top_k=3, max_chunks_per_doc=2, where={"source": "wiki"})
     contexts, lineage = retrieve_contexts([{}] * 3, questions[:3], cfg=cfg, index=exact["cosine"])
     assert [[c["rank"] for c in cs] for cs in contexts] == [[1, 2, 3]] * 3
     record = json.loads(lineage[0])
-    assert record["pre_query"]["where"] == {"source": "wiki"} and record["mode"] == "exact"
+    assert record["pre_query"]["where"] == {"source": "wiki"} and record["vector_search"] == "exact"
     assert record["removed"]["fetched"] == 8 and record["removed"]["top_k"] >= 1
     assert filters_description(cfg, None, None)["post_query"]["max_chunks_per_doc"] == 2
     schema = StructType([StructField("contexts", ArrayType(CONTEXT_STRUCT, False)),

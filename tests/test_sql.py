@@ -44,14 +44,15 @@ def _local(when: dt.datetime) -> dt.datetime:
 
 
 def _ctx(doc: str, rank: int, distance: float, chunk: int = 0) -> tuple:
-    return (f"{doc}-c{chunk}", doc, f"Title {doc}", f"text of {doc} chunk {chunk}", distance, rank, None)
+    return (f"{doc}-c{chunk}", doc, f"Title {doc}", f"text of {doc} chunk {chunk}", distance, rank, None,
+            {"dense": rank}, None)
 
 
 def _answer(run: str, qid: str, at: dt.datetime, *, answer: str | None = None, abstained: bool | None = False,
             contexts: list | None = None, latency: float | None = None, tokens: tuple = (None, None),
             error: str | None = None) -> tuple:
     return (qid, f"question {qid}?", None, answer, abstained if error is None else None,
-            contexts, None, None, "tiny-chatqa", "minilm", "sparkrag", "ann",
+            contexts, None, None, "tiny-chatqa", "minilm", "sparkrag", "dense",
             tokens[0], tokens[1], latency, error, run, at)
 
 

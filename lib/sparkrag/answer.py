@@ -105,8 +105,9 @@ def _answer(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
         return
     with rec.stage("open_index"):
         index_fn = _index_factory(spark, tables, cfg, dim)
+        lexical_fn = _lexical_factory(spark, tables, cfg, rec) if cfg.retrieval.mode != "dense" else None
     parallelism = max(spark.sparkContext.defaultParallelism, 1)
-    retrieve = make_retrieve_stage(cfg, index_fn)
+    retrieve = make_retrieve_stage(cfg, index_fn, lexical_fn)
     stage1 = todo.repartition(parallelism).mapInPandas(retrieve, stage1_schema())
     generate, profile = make_generate_stage(cfg)
     # The repartition is the stage boundary that lets generation run under its own
@@ -140,7 +141,7 @@ def _select_questions(tables: "Tables", cfg: RagConfig, questions: "DataFrame", 
 
 def _index_factory(spark: "SparkSession", tables: "Tables", cfg: RagConfig, dim: int):
     """A zero-argument, picklable factory of the search index on executors."""
-    if cfg.retrieval.mode == "exact":
+    if cfg.retrieval.vector_search == "exact":
         from pyspark.sql import functions as F
 
         from sparkrag.answer_stages import make_exact_index_fn
@@ -156,6 +157,22 @@ def _index_factory(spark: "SparkSession", tables: "Tables", cfg: RagConfig, dim:
 
     return prepare_index_fn(spark, cfg.chroma, embedding_model=cfg.encoder.model, dim=dim,
                             access=cfg.answer.chroma_access)
+
+
+def _lexical_factory(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRecorder):
+    """A picklable loader of the published BM25 index; fails on the driver when there is none."""
+    from sparkrag.lexical import current_version_dir, make_lexical_fn, read_manifest, ship_lexical_index
+    from sparkrag.spark import ships_copies
+
+    folder = current_version_dir(cfg.lexical.path)  # resolved once: every task reads this version
+    built_from = (read_manifest(cfg.lexical.path) or {}).get("chunks_version")
+    rec.outputs["lexical_index"] = folder
+    if tables.exists(cfg.names.chunks) and built_from != tables.version(cfg.names.chunks):
+        log.warning("lexical index %s was built from chunks table version %s, the table is at %s: "
+                    "rerun the ingest job", folder, built_from, tables.version(cfg.names.chunks))
+    if ships_copies(spark, cfg.answer.chroma_access):
+        return make_lexical_fn(folder, shipped=ship_lexical_index(spark, folder))
+    return make_lexical_fn(folder)
 
 
 def _summarise(tables: "Tables", cfg: RagConfig, rec: RunRecorder) -> None:

@@ -61,7 +61,7 @@ def make_exact_index_fn(chunks_broadcast: Any, space: str) -> Callable[[], Any]:
 
     def load() -> Any:
         from sparkrag.models import worker_cached
-        from sparkrag.retrieve import ExactIndex
+        from sparkrag.exact import ExactIndex
 
         return worker_cached(("sparkrag.exact_index", token, space),
                              lambda: ExactIndex.from_chunks(chunks_broadcast.value, space))
@@ -69,11 +69,15 @@ def make_exact_index_fn(chunks_broadcast: Any, space: str) -> Callable[[], Any]:
     return load
 
 
-def make_retrieve_stage(cfg: RagConfig, index_fn: Callable[[], Any]) -> Callable[[Iterator["pd.DataFrame"]], Iterator["pd.DataFrame"]]:
-    """mapInPandas function: questions -> contexts, filters and (ChatQA) the packed prompt."""
+def make_retrieve_stage(cfg: RagConfig, index_fn: Callable[[], Any], lexical_fn: Callable[[], Any] | None = None,
+                        ) -> Callable[[Iterator["pd.DataFrame"]], Iterator["pd.DataFrame"]]:
+    """mapInPandas function: questions -> contexts, filters and (ChatQA) the packed prompt.
+
+    ``lexical_fn`` loads the BM25 index (``retrieval.mode`` lexical or hybrid).
+    """
     from sparkrag.embed import make_encode_fn
     from sparkrag.generate import make_tokenizer_fn
-    from sparkrag.retrieve import make_rerank_fn
+    from sparkrag.rerank import make_rerank_fn
 
     encode_fn = make_encode_fn(cfg.encoder, role="query")
     tokenizer_fn = make_tokenizer_fn(cfg.generator) if cfg.generator.kind == "chatqa" else None
@@ -83,7 +87,7 @@ def make_retrieve_stage(cfg: RagConfig, index_fn: Callable[[], Any]) -> Callable
     def retrieve(batches: Iterator["pd.DataFrame"]) -> Iterator["pd.DataFrame"]:
         import pandas as pd
 
-        tools = {"index": index_fn(), "encode": encode_fn(),
+        tools = {"index": index_fn(), "encode": encode_fn(), "lexical": lexical_fn() if lexical_fn else None,
                  "tokenizer": tokenizer_fn() if tokenizer_fn else None,
                  "rerank": rerank_factory() if rerank_factory else None}
         step = max(cfg.retrieval.query_batch_size, 1)
@@ -134,7 +138,8 @@ def _retrieve_rows(rows: list[dict], cfg: RagConfig, tools: dict[str, Any]) -> l
         texts = [query_text(rows[i]["question"], rows[i].get("history")) for i in live]
         filter_rows = [{k[3:] if k.startswith("_f_") else k: v for k, v in rows[i].items()} for i in live]
         contexts, filters = retrieve_contexts(filter_rows, tools["encode"](texts), cfg=cfg.retrieval,
-                                              index=tools["index"], queries=[rows[i]["question"] for i in live],
+                                              index=tools["index"], lexical=tools["lexical"], query_texts=texts,
+                                              space=cfg.chroma.space, queries=[rows[i]["question"] for i in live],
                                               rerank_fn=tools["rerank"])
         for i, ctxs, fjson in zip(live, contexts, filters):
             out[i].update(contexts=ctxs, filters_json=fjson)
@@ -163,7 +168,7 @@ def make_generate_stage(cfg: RagConfig) -> tuple[Callable[[Iterator["pd.DataFram
     factory = make_extractive_fn(cfg.encoder, cfg.generator) if extractive else make_generate_fn(cfg.generator)
     constants = {
         "model_id": generator_model_id(cfg), "embedding_model": cfg.encoder.model,
-        "collection": cfg.chroma.collection if cfg.retrieval.mode == "ann" else f"exact:{cfg.names.chunks}",
+        "collection": cfg.chroma.collection if cfg.retrieval.vector_search == "ann" else f"exact:{cfg.names.chunks}",
         "retrieval_mode": cfg.retrieval.mode,
     }
     columns = stage2_schema().fieldNames()

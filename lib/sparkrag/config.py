@@ -26,6 +26,7 @@ __all__ = [
     "EncoderConfig",
     "ChunkConfig",
     "ChromaConfig",
+    "LexicalConfig",
     "RetrievalConfig",
     "GeneratorConfig",
     "TableNames",
@@ -225,10 +226,30 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
 
 
 @dataclass(frozen=True)
+class LexicalConfig:
+    """The BM25 index the ingest job keeps beside the vector index (``retrieval.mode`` lexical/hybrid)."""
+
+    enabled: bool = True  # built from the chunks table; cheap next to embedding (seconds per 100k chunks)
+    # None: "<chroma.path>-lexical", beside the vector index; a shared path on clusters
+    path: str | None = None
+    k1: float = 1.5  # Lucene/Elasticsearch BM25 defaults
+    b: float = 0.75
+    # bm25s stopword list ("en", "fr", "de"...); "" keeps every token
+    stopwords: str = "en"
+
+
+@dataclass(frozen=True)
 class RetrievalConfig:
     """How contexts are found and filtered (the article's pre-, in- and post-query filters)."""
 
-    mode: Literal["ann", "exact"] = "ann"  # exact: brute force over the chunks table's embeddings
+    # dense: vector search; lexical: BM25 over the ingest's lexical index; hybrid: both,
+    # fused (issue #7: on SQuAD-like data BM25 and fusion beat MiniLM alone at recall@5).
+    mode: Literal["dense", "lexical", "hybrid"] = "dense"
+    vector_search: Literal["ann", "exact"] = "ann"  # exact: brute force over the chunks table's embeddings
+    fusion: Literal["rrf", "weighted"] = "rrf"  # rrf needs no score calibration between retrievers
+    rrf_k: int = 60  # Cormack et al. (2009): 60 damps the top ranks without erasing them
+    # per retriever: rrf multiplies its 1/(k + rank); weighted sums its min-max scaled scores
+    weights: Mapping[str, float] = field(default_factory=lambda: {"dense": 1.0, "lexical": 1.0})
     top_k: int = 5  # contexts handed to the prompt at most
     fetch_k: int = 20  # candidates fetched before post-query filters trim to top_k
     query_batch_size: int = 64  # questions per vector-store query call (batched is ~2x faster)
@@ -315,8 +336,8 @@ class AnswerOptions:
     resume: bool = False  # answer only questions without a successful answer in run_id
     keep_prompt: bool = False  # store the exact prompt in the answers table
     limit: int | None = None  # answer at most N questions (smoke runs)
-    # How executors reach an embedded Chroma: ship a snapshot (clusters) or open the
-    # path directly (local mode / a shared disk). auto: shared on local masters.
+    # How executors reach an embedded Chroma and the lexical index: ship a copy (clusters)
+    # or open the paths directly (local mode / a shared disk). auto: shared on local masters.
     chroma_access: Literal["auto", "snapshot", "shared"] = "auto"
 
 
@@ -332,7 +353,13 @@ class RagConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     chunking: ChunkConfig = field(default_factory=ChunkConfig)
     chroma: ChromaConfig = field(default_factory=ChromaConfig)
+    lexical: LexicalConfig = field(default_factory=LexicalConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     ingest: IngestOptions = field(default_factory=IngestOptions)
     answer: AnswerOptions = field(default_factory=AnswerOptions)
+
+    def __post_init__(self) -> None:
+        if self.lexical.path is None:  # resolved once, so every reader of the config agrees
+            path = f"{self.chroma.path.rstrip('/')}-lexical"
+            object.__setattr__(self, "lexical", dataclasses.replace(self.lexical, path=path))

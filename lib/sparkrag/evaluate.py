@@ -74,7 +74,11 @@ class EvalOptions:
     ks: tuple[int, ...] = (1, 3, 5, 10)  # recall@k cut-offs; k above retrieval.top_k equals recall@top_k
     ann_sample: int = 200  # questions embedded for the ANN audit (a few seconds on CPU); 0 disables it
     ann_k: int = 10  # ANN recall@k compares the top-k lists
-    seed: int = 0  # the ANN audit's question sample
+    seed: int = 0  # the ANN audit's (and the mode comparison's) question sample
+    # retrieval modes compared side by side on the questions with a gold document (needs
+    # the lexical index for lexical/hybrid); () skips the comparison
+    compare_modes: tuple[str, ...] = ()
+    compare_sample: int = 0  # questions in the comparison; 0: every question with a gold document
     report_dir: str | None = "reports/{eval_run_id}"  # report.md + PNGs; None: no report
 
 
@@ -100,6 +104,11 @@ def check_options(opts: EvalOptions) -> None:
         raise ConfigError(f"ks: expected positive integers, got {opts.ks!r}")
     if opts.ann_sample < 0:
         raise ConfigError(f"ann_sample: expected >= 0 (0 disables the audit), got {opts.ann_sample}")
+    unknown = [m for m in opts.compare_modes if m not in ("dense", "lexical", "hybrid")]
+    if unknown:
+        raise ConfigError(f"compare_modes (--compare-modes): expected dense, lexical or hybrid, got {unknown}")
+    if opts.compare_sample < 0:
+        raise ConfigError(f"compare_sample: expected >= 0 (0: every question), got {opts.compare_sample}")
     if opts.ann_k < 1:
         raise ConfigError(f"ann_k: expected >= 1, got {opts.ann_k}")
     if opts.report_dir:
@@ -192,7 +201,7 @@ def exact_top_k(chunks: "DataFrame", queries: np.ndarray, *, k: int, space: str)
     def top(batches):
         import pandas as pd
 
-        from sparkrag.retrieve import ExactIndex
+        from sparkrag.exact import ExactIndex
 
         best_ids, best_d = np.empty((len(q), 0), dtype=object), np.empty((len(q), 0))
         for pdf in batches:
@@ -254,7 +263,7 @@ def ann_audit(spark: "SparkSession", cfg: RagConfig, *, questions_pdf: "pd.DataF
     """
     from sparkrag.embed import check_vectors, encoder_info, make_encode_fn
     from sparkrag.tables import open_tables
-    from sparkrag.vectorstore import open_client, open_collection
+    from sparkrag.shards import make_index_fn, resolve_shards
 
     if k < 1 or sample < 1:
         raise ConfigError(f"ann audit: expected k >= 1 and sample >= 1, got k={k}, sample={sample}")
@@ -270,8 +279,8 @@ def ann_audit(spark: "SparkSession", cfg: RagConfig, *, questions_pdf: "pd.DataF
     model_id, dim = encoder_info(cfg.encoder, "query")
     vectors = check_vectors(make_encode_fn(cfg.encoder, role="query")()(picked), rows=len(picked), dim=dim,
                             model=model_id)
-    collection = open_collection(open_client(cfg.chroma), cfg.chroma, embedding_model=cfg.encoder.model, dim=dim,
-                                 create=False)
+    collection = make_index_fn(cfg.chroma, resolve_shards(cfg.chroma, spark), embedding_model=cfg.encoder.model,
+                               dim=dim)()  # one Chroma collection, or the shards queried as one
     tables = tables or open_tables(spark, cfg.tables)
     chunks = tables.read(cfg.names.chunks)
     exact = exact_top_k(chunks, vectors, k=k, space=cfg.chroma.space)
@@ -288,7 +297,7 @@ def ann_audit(spark: "SparkSession", cfg: RagConfig, *, questions_pdf: "pd.DataF
     result = {"ann_recall": float(np.mean(recalls)) if recalls else 0.0,
               "ann_recall_min": float(np.min(recalls)) if recalls else 0.0, "k": min(k, n_chunks),
               "queries": len(recalls), "chunks": n_chunks, "collection_count": count,
-              "hnsw": _hnsw_settings(collection), "per_query": recalls}
+              "hnsw": _hnsw_settings(getattr(collection, "shards", [collection])[0]), "per_query": recalls}
     log.info("ANN audit on %r: recall@%d %.4f (min %.2f) over %d queries, hnsw %s", cfg.chroma.collection,
              result["k"], result["ann_recall"], result["ann_recall_min"], len(recalls), result["hnsw"])
     return result
@@ -373,6 +382,16 @@ def _evaluate(spark: "SparkSession", tables: "Tables", cfg: RagConfig, opts: Eva
             audit = ann_audit(spark, cfg, questions_pdf=pdf.rename(columns={"_question": cfg.questions.question}),
                               k=opts.ann_k, sample=opts.ann_sample, seed=opts.seed, tables=tables)
             metrics.append(Metric("ann_recall", audit["ann_recall"], audit["k"], audit["queries"]))
+    modes = None
+    if opts.compare_modes and opts.gold_doc_column:
+        from sparkrag.compare import compare_retrieval_modes
+
+        with rec.stage("compare_modes"):
+            modes = compare_retrieval_modes(spark, cfg, modes=opts.compare_modes, ks=opts.ks,
+                                            gold_column=opts.gold_doc_column, sample=opts.compare_sample,
+                                            seed=opts.seed, tables=tables)
+        metrics += [_mode_metric(mode, key, value, int(row["queries"])) for mode, row in modes.items()
+                    for key, value in row.items() if key != "queries"]
     models = pdf["model_id"].dropna().unique().tolist()
     rec.model_id = models[0] if models else None
     with rec.stage("write_metrics"):
@@ -381,13 +400,20 @@ def _evaluate(spark: "SparkSession", tables: "Tables", cfg: RagConfig, opts: Eva
     if opts.report_dir:
         with rec.stage("report"):
             report = write_report(opts.report_dir.format(eval_run_id=rec.run_id), metrics, pdf, confusion=confusion,
-                                  audit=audit, eval_run_id=rec.run_id, run_id=run_id, counts=counts, ks=opts.ks)
+                                  audit=audit, eval_run_id=rec.run_id, run_id=run_id, counts=counts, ks=opts.ks,
+                                  modes=modes)
         rec.outputs["report"] = report["report.md"]
     rec.counts.update(counts)
     rec.metrics.update({m.key: m.value for m in metrics})
     return {"eval_run_id": rec.run_id, "run_id": run_id, "metrics": dict(rec.metrics), "counts": counts,
-            "confusion": confusion, "ann_audit": audit, "report": report,
+            "confusion": confusion, "ann_audit": audit, "modes": modes, "report": report,
             "metrics_table": tables.location(names.metrics)}
+
+
+def _mode_metric(mode: str, key: str, value: float, n: int) -> Metric:
+    """``recall@5`` of mode ``hybrid`` -> Metric("hybrid_recall", value, 5, n)."""
+    name, _, k = key.partition("@")
+    return Metric(f"{mode}_{name}", value, int(k) if k else None, n)
 
 
 def _metrics_frame(spark: "SparkSession", metrics: list[Metric], eval_run_id: str, run_id: str,

@@ -126,7 +126,8 @@ def run_ingest(spark: "SparkSession", cfg: RagConfig, *, run_id: str | None = No
     rec.outputs = {"chunks": tables.location(names.chunks), "rejects": tables.location(names.rejects),
                    "runs": tables.location(names.runs),
                    "chroma": f"{cfg.chroma.mode}:{cfg.chroma.path if cfg.chroma.mode == 'embedded' else cfg.chroma.host}"
-                             f"/{cfg.chroma.collection}"}
+                             f"/{cfg.chroma.collection}",
+                   **({"lexical": cfg.lexical.path} if cfg.lexical.enabled else {})}
     log.info("ingest run %s: %s -> %s + Chroma %s", rec.run_id, names.documents, names.chunks, rec.outputs["chroma"])
     try:
         _ingest(spark, tables, cfg, rec, model_id, dim)
@@ -173,6 +174,12 @@ def _ingest(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
         sync = chroma_sync.sync_collection(chunks, cfg, embedding_model=model_id, dim=dim,
                                            progress_every=cfg.ingest.progress_every, spark=spark)
         rec.counts.update({f"chroma_{k}": v for k, v in sync.items()})
+    if cfg.lexical.enabled:
+        from sparkrag.lexical import sync_lexical_index
+
+        with rec.stage("lexical_index"):
+            built = sync_lexical_index(chunks, cfg.lexical, chunks_version=rec.input_versions.get(names.chunks))
+            rec.counts.update({f"lexical_{k}": v for k, v in built.items()})
     for cached in (valid, bad, plan["existing"]):
         cached.unpersist()
     rec.metrics["chunks_per_second"] = rec.counts["chunks_embedded"] / max(rec.stage_seconds["chunk_embed_write"], 1e-9)

@@ -305,8 +305,20 @@ _SECTIONS = (
 )
 
 
+def _modes_table(modes: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """recall@k / MRR / queries per second of each retrieval mode, one row each."""
+    columns = [c for c in next(iter(modes.values())) if c != "queries"]
+    n = next(iter(modes.values())).get("queries")
+    lines = ["## Retrieval modes", "", f"The same {n} questions retrieved in each mode (answer job code, no "
+             "re-ranker; queries/s excludes the shared query encoding).", "",
+             "| mode | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {mode} | " + " | ".join(f"{row[c]:.4g}" for c in columns) + " |" for mode, row in modes.items()]
+    return lines + [""]
+
+
 def _markdown(metrics: Sequence[Metric], *, eval_run_id: str, run_id: str, counts: Mapping[str, int],
-              audit: Mapping[str, Any] | None, top: int, ks: Sequence[int]) -> str:
+              audit: Mapping[str, Any] | None, top: int, ks: Sequence[int],
+              modes: Mapping[str, Mapping[str, float]] | None = None) -> str:
     lines = [f"# Evaluation {eval_run_id}", "", f"Answer run: `{run_id}`", "",
              "| count | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in counts.items()], ""]
     for title, names in _SECTIONS:
@@ -329,6 +341,8 @@ def _markdown(metrics: Sequence[Metric], *, eval_run_id: str, run_id: str, count
             lines += [f"HNSW settings {dict(audit.get('hnsw') or {})}; {audit['queries']} queries, "
                       f"{audit['chunks']} chunks, {audit['collection_count']} vectors; worst query "
                       f"{audit['ann_recall_min']:.2f}.", ""]
+    if modes:
+        lines += _modes_table(modes)
     lines += ["## Plots", "", "![recall@k](recall_at_k.png)", "", "![latency](latency_hist.png)", "",
               "![abstention](abstention_confusion.png)", ""]
     return "\n".join(lines)
@@ -337,13 +351,15 @@ def _markdown(metrics: Sequence[Metric], *, eval_run_id: str, run_id: str, count
 def write_report(report_dir: str, metrics: Sequence[Metric], pdf: "pd.DataFrame", *,
                  confusion: Mapping[str, int] | None, audit: Mapping[str, Any] | None = None,
                  eval_run_id: str = "", run_id: str = "", counts: Mapping[str, int] | None = None,
-                 ks: Sequence[int] = (1, 3, 5, 10)) -> dict[str, str]:
+                 ks: Sequence[int] = (1, 3, 5, 10),
+                 modes: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, str]:
     """Write ``report.md`` and the three plots of :data:`REPORT_FILES` into ``report_dir``.
 
     Args:
         metrics: from :func:`score_questions` (plus the ANN audit's).
         pdf: the per-question rows (``gold_doc_id``, ``gold_rank``, ``n_contexts``, ``latency_ms``).
         confusion: abstention counts, or None. audit: :func:`sparkrag.evaluate.ann_audit`'s result.
+        modes: :func:`sparkrag.compare.compare_retrieval_modes`'s result, or None.
 
     Returns:
         File name -> path written. A plot without data says so instead of being left out.
@@ -359,7 +375,7 @@ def write_report(report_dir: str, metrics: Sequence[Metric], pdf: "pd.DataFrame"
     _plot_confusion(paths["abstention_confusion.png"], confusion)
     top = int(pdf["n_contexts"].max()) if "n_contexts" in pdf and len(pdf) else 0
     text = _markdown(metrics, eval_run_id=eval_run_id, run_id=run_id, counts=counts or {}, audit=audit,
-                     top=top, ks=ks)
+                     top=top, ks=ks, modes=modes)
     with open(paths["report.md"], "w", encoding="utf-8") as fh:
         fh.write(text)
     log.info("evaluation report written to %s", report_dir)

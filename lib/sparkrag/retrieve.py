@@ -1,12 +1,14 @@
-"""Top-k search with pre-, in- and post-query filters, over Chroma or an exact in-memory index.
+"""Top-k search with pre-, in- and post-query filters: dense, lexical (BM25) or both fused.
 
 * pre-query: a metadata ``where`` (static ``retrieval.where`` and per-row ``where_columns``);
 * in-query: a ``where_document`` on the chunk text (``$contains`` ...);
-* post-query, in this order: ``max_distance``, near-duplicate removal, ``max_chunks_per_doc``,
-  optional cross-encoder re-rank, truncation to ``top_k``. What each removed is recorded.
-
-:class:`ExactIndex` answers ``query`` like a Chroma collection (same filters, same
-distances), so :func:`search` treats both alike.
+* ``retrieval.mode``: ``dense`` (Chroma HNSW, or :class:`~sparkrag.exact.ExactIndex` with
+  ``vector_search: exact``), ``lexical`` (:class:`~sparkrag.lexical.LexicalIndex`) or
+  ``hybrid`` (both lists fused, :mod:`sparkrag.fusion`). Every mode applies the same pre-
+  and in-query filters, and every candidate gets its true vector distance;
+* post-query, after fusion, in this order: ``max_distance``, near-duplicate removal,
+  ``max_chunks_per_doc``, optional cross-encoder re-rank, truncation to ``top_k``. What
+  each removed is recorded; each context records which retrievers found it at what rank.
 
 Example:
     >>> contexts, filters_json = retrieve_contexts(rows, vectors, cfg=cfg, index=collection)  # doctest: +SKIP
@@ -17,39 +19,33 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from sparkrag.config import RetrievalConfig
 from sparkrag.errors import ConfigError, ModelContractError, SchemaError, VectorStoreError
-from sparkrag.models import resolve_device, resolve_model_path, worker_cached
-from sparkrag.vectorstore import RESERVED_METADATA_KEYS, to_chroma_metadata
+from sparkrag.exact import distances
+from sparkrag.filters import build_where, build_where_document, check_where, check_where_document
+from sparkrag.fusion import check_fusion, fuse_rankings
+from sparkrag.rerank import RerankFn
+from sparkrag.vectorstore import RESERVED_METADATA_KEYS
 
 __all__ = [
     "Candidate",
-    "ExactIndex",
-    "RerankFn",
     "check_retrieval_config",
-    "check_where",
-    "check_where_document",
-    "build_where",
-    "build_where_document",
     "search",
+    "search_lexical",
+    "find_candidates",
     "apply_post_filters",
-    "make_rerank_fn",
     "filters_description",
     "retrieve_contexts",
 ]
 
 log = logging.getLogger(__name__)
 
-RerankFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]  # (queries, passages) -> scores
 _INCLUDE = ["documents", "metadatas", "distances", "embeddings"]
-_CMP = {"$gt": np.greater, "$gte": np.greater_equal, "$lt": np.less, "$lte": np.less_equal}
-_DOC_OPS = ("$contains", "$not_contains", "$regex", "$not_regex")
 
 
 @dataclass(frozen=True)
@@ -66,183 +62,14 @@ class Candidate:
     embedding: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
     score: float | None = None  # cross-encoder score when re-ranked
     rank: int = 0
+    retrievers: Mapping[str, int] = dataclasses.field(default_factory=dict)  # retriever -> its 1-based rank
+    fusion_score: float | None = None  # hybrid only
 
     def to_context(self) -> dict[str, Any]:
         """The row of ``schemas.CONTEXT_STRUCT``."""
         return {"chunk_id": self.chunk_id, "doc_id": self.doc_id, "title": self.title, "text": self.text,
-                "distance": float(self.distance), "rank": self.rank, "metadata": dict(self.metadata)}
-
-
-# ---- filter specs: the rules Chroma 1.5 enforces, raised as ConfigError naming the option ----
-
-def _kind(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "num"
-    return "str" if isinstance(value, str) else None
-
-
-def check_where(where: Any, *, option: str = "retrieval.where") -> None:
-    """Raise ConfigError (naming ``option``) unless ``where`` is a filter Chroma accepts."""
-    if not isinstance(where, Mapping) or len(where) != 1:
-        raise ConfigError(f"{option}: expected a mapping with exactly one key (combine with $and/$or), got {where!r}")
-    (key, value), = where.items()
-    if key in ("$and", "$or"):
-        if not isinstance(value, (list, tuple)) or len(value) < 2:
-            raise ConfigError(f"{option}.{key}: expected a list of at least two filters, got {value!r}")
-        for i, sub in enumerate(value):
-            check_where(sub, option=f"{option}.{key}[{i}]")
-        return
-    if not isinstance(key, str) or not key or key.startswith("$"):
-        raise ConfigError(f"{option}: {key!r} is not a metadata key or $and/$or")
-    if isinstance(value, Mapping) and len(value) != 1:
-        raise ConfigError(f"{option}.{key}: expected exactly one operator, got {dict(value)!r}")
-    op, operand = next(iter(value.items())) if isinstance(value, Mapping) else ("$eq", value)
-    if op in ("$eq", "$ne"):
-        ok = _kind(operand) is not None
-    elif op in _CMP:
-        ok = _kind(operand) == "num"
-    elif op in ("$in", "$nin"):
-        ok = (isinstance(operand, (list, tuple)) and len(operand) > 0 and _kind(operand[0]) is not None
-              and all(type(x) is type(operand[0]) for x in operand))
-    else:
-        raise ConfigError(f"{option}.{key}: unsupported operator {op!r} (use $eq $ne $gt $gte $lt $lte $in $nin; "
-                          "text filters go in retrieval.where_document)")
-    if not ok:
-        raise ConfigError(f"{option}.{key}.{op}: invalid operand {operand!r} ($gt.. take numbers, $in/$nin a "
-                          "non-empty list of one type, $eq/$ne a string, number or bool)")
-
-
-def check_where_document(where_document: Any, *, option: str = "retrieval.where_document") -> None:
-    """Raise ConfigError (naming ``option``) unless ``where_document`` is a filter Chroma accepts."""
-    if not isinstance(where_document, Mapping) or len(where_document) != 1:
-        raise ConfigError(f"{option}: expected a mapping with exactly one operator, got {where_document!r}")
-    (op, operand), = where_document.items()
-    if op in ("$and", "$or"):
-        if not isinstance(operand, (list, tuple)) or len(operand) < 2:
-            raise ConfigError(f"{option}.{op}: expected a list of at least two filters, got {operand!r}")
-        for i, sub in enumerate(operand):
-            check_where_document(sub, option=f"{option}.{op}[{i}]")
-    elif op not in _DOC_OPS:
-        raise ConfigError(f"{option}: unsupported operator {op!r} (use {', '.join(_DOC_OPS)}, $and, $or)")
-    elif not isinstance(operand, str) or not operand:
-        raise ConfigError(f"{option}.{op}: expected a non-empty string, got {operand!r}")
-
-
-def _match_where(where: Mapping[str, Any], meta: Mapping[str, Any]) -> bool:
-    (key, value), = where.items()
-    if key == "$and":
-        return all(_match_where(w, meta) for w in value)
-    if key == "$or":
-        return any(_match_where(w, meta) for w in value)
-    op, operand = next(iter(value.items())) if isinstance(value, Mapping) else ("$eq", value)
-    actual = meta.get(key)
-    kind = _kind(actual)
-
-    def equal(x: Any) -> bool:  # Chroma: ints and floats compare as numbers; bools only with bools
-        return kind is not None and kind == _kind(x) and actual == x
-
-    if op in _CMP:
-        return kind == "num" and bool(_CMP[op](actual, operand))
-    if op in ("$in", "$nin"):
-        hit = any(equal(x) for x in operand)
-    else:
-        hit = equal(operand)
-    return hit if op in ("$eq", "$in") else not hit  # $ne/$nin also match a missing key
-
-
-def _match_document(where_document: Mapping[str, Any], text: str) -> bool:
-    (op, operand), = where_document.items()
-    if op == "$and":
-        return all(_match_document(w, text) for w in operand)
-    if op == "$or":
-        return any(_match_document(w, text) for w in operand)
-    hit = operand in text if op in ("$contains", "$not_contains") else re.search(operand, text) is not None
-    return hit if op in ("$contains", "$regex") else not hit
-
-
-class ExactIndex:
-    """Brute-force top-k with Chroma's ``query`` interface, filters and distances.
-
-    Distances: cosine ``1 - cos``, ip ``1 - dot``, l2 squared Euclidean (as Chroma/hnswlib).
-
-    Example:
-        >>> index = ExactIndex(["a"], [[1.0, 0.0]], ["text"], [{"doc_id": "d", "chunk_index": 0}], "cosine")
-        >>> index.query(query_embeddings=[[1.0, 0.0]], n_results=1)["ids"]
-        [['a']]
-    """
-
-    def __init__(self, ids: Sequence[str], embeddings: Any, documents: Sequence[str],
-                 metadatas: Sequence[Mapping[str, Any]], space: str) -> None:
-        self.ids = [str(i) for i in ids]
-        vectors = np.asarray(embeddings, dtype=np.float32)
-        self.embeddings = vectors if vectors.ndim == 2 else vectors.reshape(len(self.ids), -1 if vectors.size else 0)
-        if self.embeddings.shape[0] != len(self.ids):
-            raise SchemaError(f"ExactIndex: expected {len(self.ids)} embeddings, got {self.embeddings.shape[0]}")
-        self.documents, self.metadatas, self.space = list(documents), [dict(m or {}) for m in metadatas], space
-        if not (len(self.documents) == len(self.metadatas) == len(self.ids)):
-            raise SchemaError(f"ExactIndex: expected {len(self.ids)} documents and metadatas, "
-                              f"got {len(self.documents)} and {len(self.metadatas)}")
-        if space not in ("cosine", "ip", "l2"):
-            raise ConfigError(f"chroma.space: expected 'cosine', 'ip' or 'l2', got {space!r}")
-        vec = self.embeddings.astype(np.float64)
-        self._vectors = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-30) if space == "cosine" else vec
-        self._sq_norms = (vec * vec).sum(axis=1)
-        self._masks: dict[str, np.ndarray] = {}
-        self.metadata = {"embedding_dim": self.embeddings.shape[1], "space": space}
-
-    @classmethod
-    def from_chunks(cls, pdf: Any, space: str) -> "ExactIndex":
-        """From a pandas frame of the chunks table (chunk_id, embedding, text, doc_id, chunk_index, title, metadata)."""
-        metas = [to_chroma_metadata(d, i, t if isinstance(t, str) else None, dict(m) if m is not None else None)
-                 for d, i, t, m in zip(pdf["doc_id"], pdf["chunk_index"], pdf["title"], pdf["metadata"])]
-        vectors = np.stack([np.asarray(v, np.float32) for v in pdf["embedding"]]) if len(pdf) else np.zeros((0, 0))
-        return cls(pdf["chunk_id"].tolist(), vectors, pdf["text"].tolist(), metas, space)
-
-    def _mask(self, where: Mapping[str, Any] | None, where_document: Mapping[str, Any] | None) -> np.ndarray:
-        key = json.dumps([where, where_document], sort_keys=True)
-        mask = self._masks.get(key)
-        if mask is None:
-            mask = np.ones(len(self.ids), dtype=bool)
-            if where:
-                mask &= np.fromiter((_match_where(where, m) for m in self.metadatas), bool, len(self.ids))
-            if where_document:
-                mask &= np.fromiter((_match_document(where_document, d) for d in self.documents), bool, len(self.ids))
-            if len(self._masks) >= 256:  # per-row filters: keep memory bounded
-                self._masks.clear()
-            self._masks[key] = mask
-        return mask
-
-    def query(self, query_embeddings: Any, n_results: int = 10, where: Mapping[str, Any] | None = None,
-              where_document: Mapping[str, Any] | None = None, include: Sequence[str] = _INCLUDE) -> dict[str, Any]:
-        """Like ``Collection.query``: per query, the ``n_results`` nearest rows passing the filters."""
-        if where:
-            check_where(where, option="where")
-        if where_document:
-            check_where_document(where_document, option="where_document")
-        q = np.asarray(query_embeddings, dtype=np.float64)
-        q = q.reshape(1, -1) if q.ndim == 1 else q
-        rows = np.flatnonzero(self._mask(where, where_document))
-        if self.space == "cosine":
-            q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
-        dots = q @ self._vectors[rows].T
-        if self.space == "l2":
-            dist = np.maximum((q * q).sum(axis=1, keepdims=True) + self._sq_norms[rows][None, :] - 2 * dots, 0.0)
-        else:
-            dist = 1.0 - dots
-        k = min(n_results, len(rows))
-        out: dict[str, list[Any]] = {"ids": [], "distances": [], "documents": [], "metadatas": [], "embeddings": []}
-        for d in dist:
-            top = np.argpartition(d, k - 1)[:k] if 0 < k < len(d) else np.arange(len(d))[:k]
-            top = top[np.argsort(d[top], kind="stable")]
-            picked = rows[top]
-            out["ids"].append([self.ids[i] for i in picked])
-            out["distances"].append(d[top].tolist())
-            out["documents"].append([self.documents[i] for i in picked])
-            out["metadatas"].append([self.metadatas[i] for i in picked])
-            out["embeddings"].append(self.embeddings[picked])
-        return out
+                "distance": float(self.distance), "rank": self.rank, "metadata": dict(self.metadata),
+                "retrievers": dict(self.retrievers), "fusion_score": self.fusion_score}
 
 
 # ---- pre- and in-query filters built per row ----
@@ -262,6 +89,10 @@ def check_retrieval_config(cfg: RetrievalConfig) -> None:
     for name, ok, why in checks:
         if not ok:
             raise ConfigError(f"retrieval.{name}: {why}, got {getattr(cfg, name)!r}")
+    if cfg.mode not in ("dense", "lexical", "hybrid"):
+        hint = " (ann/exact moved to retrieval.vector_search)" if cfg.mode in ("ann", "exact") else ""
+        raise ConfigError(f"retrieval.mode: expected 'dense', 'lexical' or 'hybrid', got {cfg.mode!r}{hint}")
+    check_fusion(cfg.fusion, cfg.rrf_k, cfg.weights)
     if cfg.where is not None:
         check_where(cfg.where)
     if cfg.where_document is not None:
@@ -271,72 +102,40 @@ def check_retrieval_config(cfg: RetrievalConfig) -> None:
             raise ConfigError(f"retrieval.where_columns: {key!r} is not a metadata key")
 
 
-def _row_value(row: Mapping[str, Any], column: str, option: str) -> Any:
-    if column not in row:
-        raise SchemaError(f"{option}: the questions have no column {column!r}")
-    value = row[column]
-    value = value.item() if isinstance(value, np.generic) else value
-    return None if value is None or (isinstance(value, float) and value != value) else value
-
-
-def _combine(clauses: list[Mapping[str, Any]]) -> dict[str, Any] | None:
-    flat: list[dict[str, Any]] = []
-    for clause in clauses:  # flatten nested $and so the filter stays readable in filters_json
-        flat.extend(clause["$and"] if set(clause) == {"$and"} else [dict(clause)])
-    return None if not flat else flat[0] if len(flat) == 1 else {"$and": flat}
-
-
-def build_where(cfg: RetrievalConfig, row: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The metadata filter for one question: ``cfg.where`` AND ``key == row[column]`` per ``where_columns``.
-
-    A null row value puts no restriction on its key.
-
-    Example:
-        >>> cfg = RetrievalConfig(where={"source": "wiki"}, where_columns={"title": "topic"})
-        >>> build_where(cfg, {"topic": "Delta"})
-        {'$and': [{'source': 'wiki'}, {'title': {'$eq': 'Delta'}}]}
-    """
-    clauses: list[Mapping[str, Any]] = []
-    if cfg.where:
-        check_where(cfg.where)
-        clauses.append(cfg.where)
-    for key, column in cfg.where_columns.items():
-        value = _row_value(row, column, f"retrieval.where_columns.{key}")
-        if value is not None:
-            clause = {key: {"$eq": value}}
-            check_where(clause, option=f"retrieval.where_columns.{key}")
-            clauses.append(clause)
-    return _combine(clauses)
-
-
-def build_where_document(cfg: RetrievalConfig, row: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The text filter for one question: ``cfg.where_document`` AND ``$contains`` row[where_document_column]."""
-    clauses: list[Mapping[str, Any]] = []
-    if cfg.where_document:
-        check_where_document(cfg.where_document)
-        clauses.append(cfg.where_document)
-    if cfg.where_document_column:
-        value = _row_value(row, cfg.where_document_column, "retrieval.where_document_column")
-        if value is not None and str(value):
-            clauses.append({"$contains": str(value)})
-    return _combine(clauses)
-
-
 # ---- search ----
 
+def _candidate(chunk_id: str, meta: Mapping[str, Any] | None, text: str | None, distance: float,
+               embedding: Any) -> Candidate:
+    meta = dict(meta or {})
+    if "doc_id" not in meta:
+        raise VectorStoreError(f"chunk {chunk_id!r} has no doc_id metadata: not written by sparkrag?")
+    user = {key: str(v) for key, v in meta.items() if key not in RESERVED_METADATA_KEYS}
+    emb = None if embedding is None else np.asarray(embedding, dtype=np.float32)
+    return Candidate(chunk_id=chunk_id, doc_id=str(meta["doc_id"]), title=meta.get("title"), text=text or "",
+                     distance=float(distance), metadata=user, chunk_index=meta.get("chunk_index"), embedding=emb)
+
+
 def _candidates(res: Mapping[str, Any], j: int) -> list[Candidate]:
-    out = []
     embeddings = res.get("embeddings")
-    for k, chunk_id in enumerate(res["ids"][j]):
-        meta = dict(res["metadatas"][j][k] or {})
-        if "doc_id" not in meta:
-            raise VectorStoreError(f"chunk {chunk_id!r} has no doc_id metadata: not written by sparkrag?")
-        user = {key: str(v) for key, v in meta.items() if key not in RESERVED_METADATA_KEYS}
-        emb = None if embeddings is None else np.asarray(embeddings[j][k], dtype=np.float32)
-        out.append(Candidate(chunk_id=chunk_id, doc_id=str(meta["doc_id"]), title=meta.get("title"),
-                             text=res["documents"][j][k] or "", distance=float(res["distances"][j][k]),
-                             metadata=user, chunk_index=meta.get("chunk_index"), embedding=emb))
-    return out
+    return [_candidate(cid, res["metadatas"][j][k], res["documents"][j][k], res["distances"][j][k],
+                       None if embeddings is None else embeddings[j][k])
+            for k, cid in enumerate(res["ids"][j])]
+
+
+def _filter_groups(wheres: Sequence[Mapping[str, Any] | None], docs: Sequence[Mapping[str, Any] | None],
+                   batch: int) -> Iterator[tuple[list[int], Mapping[str, Any] | None, Mapping[str, Any] | None]]:
+    """Query positions sharing the same filters, ``batch`` at a time, with those filters (checked)."""
+    groups: dict[str, list[int]] = {}
+    for i, (w, wd) in enumerate(zip(wheres, docs)):
+        groups.setdefault(json.dumps([w or None, wd or None], sort_keys=True, default=str), []).append(i)
+    for members in groups.values():
+        where, where_doc = wheres[members[0]] or None, docs[members[0]] or None
+        if where:
+            check_where(where, option=f"retrieval.where (query {members[0]})")
+        if where_doc:
+            check_where_document(where_doc, option=f"retrieval.where_document (query {members[0]})")
+        for lo in range(0, len(members), batch):
+            yield members[lo:lo + batch], where, where_doc
 
 
 def search(index: Any, query_embeddings: Any, *, cfg: RetrievalConfig,
@@ -369,25 +168,91 @@ def search(index: Any, query_embeddings: Any, *, cfg: RetrievalConfig,
     dim = (getattr(index, "metadata", None) or {}).get("embedding_dim")
     if dim is not None and n and q.shape[1] != int(dim):
         raise ModelContractError(f"query embeddings: expected dimension {dim} (the index's), got {q.shape[1]}")
-    groups: dict[str, list[int]] = {}
-    for i, (w, wd) in enumerate(zip(wheres, docs)):
-        groups.setdefault(json.dumps([w or None, wd or None], sort_keys=True, default=str), []).append(i)
     out: list[list[Candidate]] = [[] for _ in range(n)]
-    for members in groups.values():
-        where, where_doc = wheres[members[0]] or None, docs[members[0]] or None
-        if where:
-            check_where(where, option=f"retrieval.where (query {members[0]})")
-        if where_doc:
-            check_where_document(where_doc, option=f"retrieval.where_document (query {members[0]})")
-        for lo in range(0, len(members), cfg.query_batch_size):
-            chunk = members[lo:lo + cfg.query_batch_size]
-            res = index.query(query_embeddings=q[chunk], n_results=cfg.fetch_k, where=where,
-                              where_document=where_doc, include=_INCLUDE)
-            if len(res["ids"]) != len(chunk):
-                raise VectorStoreError(f"index query: expected results for {len(chunk)} queries, got {len(res['ids'])}")
-            for j, i in enumerate(chunk):
-                out[i] = _candidates(res, j)
-    log.debug("searched %d queries in %d filter groups", n, len(groups))
+    for chunk, where, where_doc in _filter_groups(wheres, docs, cfg.query_batch_size):
+        res = index.query(query_embeddings=q[chunk], n_results=cfg.fetch_k, where=where,
+                          where_document=where_doc, include=_INCLUDE)
+        if len(res["ids"]) != len(chunk):
+            raise VectorStoreError(f"index query: expected results for {len(chunk)} queries, got {len(res['ids'])}")
+        for j, i in enumerate(chunk):
+            out[i] = _candidates(res, j)
+    return out
+
+
+def search_lexical(lexical: Any, index: Any, query_texts: Sequence[str], query_embeddings: Any, *,
+                   cfg: RetrievalConfig, space: str, where_per_query: Sequence[Mapping[str, Any] | None],
+                   where_document_per_query: Sequence[Mapping[str, Any] | None]) -> tuple[list[list[Candidate]],
+                                                                                       list[list[float]]]:
+    """The ``cfg.fetch_k`` best BM25 chunks per query, with their vector distance from ``index``.
+
+    The vectors come from the dense index (``get``), so post-query filters such as
+    ``max_distance`` and dedupe mean the same thing in every mode.
+
+    Returns:
+        Per query, candidates best BM25 first, and their BM25 scores.
+
+    Raises:
+        VectorStoreError: a lexical hit is missing from the vector index (the two disagree:
+            rerun the ingest job).
+    """
+    q = np.asarray(query_embeddings, dtype=np.float32)
+    hits: list[tuple[list[str], list[float], list[Any], list[str]]] = [([], [], [], [])] * len(query_texts)
+    for chunk, where, where_doc in _filter_groups(where_per_query, where_document_per_query, cfg.query_batch_size):
+        res = lexical.query([query_texts[i] for i in chunk], n_results=cfg.fetch_k, where=where,
+                            where_document=where_doc)
+        for j, i in enumerate(chunk):
+            hits[i] = (res["ids"][j], res["scores"][j], res["metadatas"][j], res["documents"][j])
+    wanted = sorted({cid for ids, *_ in hits for cid in ids})
+    vectors = _vectors_by_id(index, wanted)
+    missing = [cid for cid in wanted if cid not in vectors]
+    if missing:
+        raise VectorStoreError(f"{len(missing)} lexical hit(s) are not in the vector index, e.g. {missing[:3]}: "
+                               "the lexical index and the vector store disagree; rerun the ingest job")
+    out, scores = [], []
+    for i, (ids, bm25, metas, texts) in enumerate(hits):
+        dist = distances(q[i], np.stack([vectors[c] for c in ids]), space)[0] if ids else []
+        out.append([_candidate(c, m, t, d, vectors[c]) for c, m, t, d in zip(ids, metas, texts, dist)])
+        scores.append(list(bm25))
+    return out, scores
+
+
+def _vectors_by_id(index: Any, ids: Sequence[str], *, batch: int = 1000) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for lo in range(0, len(ids), batch):
+        res = index.get(ids=list(ids[lo:lo + batch]), include=["embeddings"])
+        out.update({cid: np.asarray(v, dtype=np.float32) for cid, v in zip(res["ids"], res["embeddings"])})
+    return out
+
+
+def find_candidates(rows_wheres: Sequence[Mapping[str, Any] | None], rows_docs: Sequence[Mapping[str, Any] | None],
+                    query_embeddings: Any, *, cfg: RetrievalConfig, index: Any, lexical: Any = None,
+                    query_texts: Sequence[str] | None = None, space: str = "cosine") -> list[list[Candidate]]:
+    """``cfg.mode``'s candidates per query, each with the ranks its retrievers gave it, best first.
+
+    Raises:
+        ConfigError: lexical or hybrid mode without a lexical index or the query texts.
+    """
+    lists: dict[str, list[list[Candidate]]] = {}
+    relevance: dict[str, list[list[float]]] = {}
+    if cfg.mode in ("dense", "hybrid"):
+        lists["dense"] = search(index, query_embeddings, cfg=cfg, where_per_query=rows_wheres,
+                                where_document_per_query=rows_docs)
+        relevance["dense"] = [[-c.distance for c in cs] for cs in lists["dense"]]
+    if cfg.mode in ("lexical", "hybrid"):
+        if lexical is None or query_texts is None:
+            raise ConfigError(f"retrieval.mode={cfg.mode!r} needs the lexical index and the query texts "
+                              "(lexical.enabled at ingest)")
+        lists["lexical"], relevance["lexical"] = search_lexical(
+            lexical, index, query_texts, query_embeddings, cfg=cfg, space=space, where_per_query=rows_wheres,
+            where_document_per_query=rows_docs)
+    out = []
+    for i in range(len(rows_wheres)):
+        by_id = {c.chunk_id: c for name in lists for c in lists[name][i]}
+        fused = fuse_rankings({name: [(c.chunk_id, r) for c, r in zip(lists[name][i], relevance[name][i])]
+                               for name in lists}, method=cfg.fusion, k=cfg.rrf_k, weights=cfg.weights)
+        hybrid = len(lists) > 1
+        out.append([dataclasses.replace(by_id[cid], retrievers=ranks, fusion_score=score if hybrid else None)
+                    for cid, score, ranks in fused])
     return out
 
 
@@ -477,88 +342,46 @@ def _rerank(kept: list[list[Candidate]], cfg: RetrievalConfig, queries: Sequence
     return out
 
 
-def make_rerank_fn(model: str, *, batch_size: int = 16, max_length: int = 512,
-                   device: str = "auto") -> Callable[[], RerankFn]:
-    """A zero-argument, picklable loader of a cross-encoder scorer, loaded once per worker.
-
-    The scorer takes (queries, passages) and returns one relevance score per pair (the
-    logit for 1-label models, positive minus negative logit for 2-label ones); pairs are
-    sorted by length into batches and scores returned in the input order.
-
-    Example:
-        >>> load = make_rerank_fn("cross-encoder/ms-marco-MiniLM-L-6-v2")  # doctest: +SKIP
-        >>> load()(["what is delta?"], ["Delta Lake is a storage layer."])  # doctest: +SKIP
-    """
-
-    def load() -> RerankFn:
-        return worker_cached(("cross-encoder", model, device, max_length, batch_size),
-                             lambda: _load_cross_encoder(model, batch_size, max_length, device))
-
-    return load
-
-
-def _load_cross_encoder(model: str, batch_size: int, max_length: int, device: str) -> RerankFn:
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    path = resolve_model_path(model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    net = AutoModelForSequenceClassification.from_pretrained(path)
-    where = resolve_device(device)
-    net.to(where).eval()
-    labels = int(net.config.num_labels)
-    if labels not in (1, 2):
-        raise ModelContractError(f"cross-encoder {model}: expected 1 or 2 labels, got {labels}")
-    limit = min(max_length, getattr(tokenizer, "model_max_length", max_length) or max_length)
-
-    def score(queries: Sequence[str], passages: Sequence[str]) -> np.ndarray:
-        order = sorted(range(len(passages)), key=lambda i: len(queries[i]) + len(passages[i]))
-        out = np.zeros(len(passages), dtype=np.float32)
-        with torch.inference_mode():
-            for lo in range(0, len(order), batch_size):
-                idx = order[lo:lo + batch_size]
-                enc = tokenizer([queries[i] for i in idx], [passages[i] for i in idx], padding=True,
-                                truncation="longest_first", max_length=limit, return_tensors="pt").to(where)
-                logits = net(**enc).logits
-                if tuple(logits.shape) != (len(idx), labels):
-                    raise ModelContractError(f"cross-encoder {model}: expected logits ({len(idx)}, {labels}), "
-                                             f"got {tuple(logits.shape)}")
-                s = logits[:, 0] if labels == 1 else logits[:, 1] - logits[:, 0]
-                out[idx] = s.float().cpu().numpy()
-        return out
-
-    return score
-
-
 # ---- lineage and the one-call path ----
 
 def filters_description(cfg: RetrievalConfig, where: Mapping[str, Any] | None,
                         where_document: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The filters applied to one question, for the answers table's ``filters_json``."""
-    return {
+    """The retrieval and filters applied to one question, for the answers table's ``filters_json``."""
+    out = {
         "mode": cfg.mode,
+        "vector_search": cfg.vector_search,
         "pre_query": {"where": where},
         "in_query": {"where_document": where_document},
         "post_query": {"max_distance": cfg.max_distance, "dedupe_similarity": cfg.dedupe_similarity,
                        "max_chunks_per_doc": cfg.max_chunks_per_doc, "rerank_model": cfg.rerank_model,
                        "fetch_k": cfg.fetch_k, "top_k": cfg.top_k},
     }
+    if cfg.mode == "hybrid":
+        out["fusion"] = {"method": cfg.fusion, "rrf_k": cfg.rrf_k, "weights": dict(cfg.weights)}
+    return out
 
 
 def retrieve_contexts(rows: Sequence[Mapping[str, Any]], query_embeddings: Any, *, cfg: RetrievalConfig,
-                      index: Any, queries: Sequence[str] | None = None,
+                      index: Any, lexical: Any = None, query_texts: Sequence[str] | None = None,
+                      space: str = "cosine", queries: Sequence[str] | None = None,
                       rerank_fn: RerankFn | None = None) -> tuple[list[list[dict[str, Any]]], list[str]]:
-    """Filters per row, search, post-filters: ``CONTEXT_STRUCT`` rows and a ``filters_json`` per question.
+    """Filters per row, search (``cfg.mode``), post-filters: ``CONTEXT_STRUCT`` rows and a ``filters_json`` each.
 
     Args:
         rows: the questions as mappings (for ``where_columns`` / ``where_document_column``).
         query_embeddings: (len(rows), dim).
+        index: the vector index (Chroma collection, sharded index or ExactIndex); lexical
+            hits take their vectors from it.
+        lexical: the :class:`~sparkrag.lexical.LexicalIndex`, for modes lexical and hybrid.
+        query_texts: what BM25 searches for (default ``queries``).
+        space: the vector index's distance (``chroma.space``), for lexical hits' distances.
         queries: question texts, needed when ``cfg.rerank_model`` is set.
     """
     check_retrieval_config(cfg)
     wheres = [build_where(cfg, r) for r in rows]
     docs = [build_where_document(cfg, r) for r in rows]
-    cands = search(index, query_embeddings, cfg=cfg, where_per_query=wheres, where_document_per_query=docs)
+    cands = find_candidates(wheres, docs, query_embeddings, cfg=cfg, index=index, lexical=lexical,
+                            query_texts=query_texts if query_texts is not None else queries, space=space)
     kept, removed = apply_post_filters(cands, cfg, queries=queries, rerank_fn=rerank_fn)
     contexts = [[c.to_context() for c in cs] for cs in kept]
     lineage = [json.dumps({**filters_description(cfg, w, wd), "removed": r}, sort_keys=True, default=str)

@@ -98,6 +98,9 @@ CONTEXT_STRUCT = StructType(
         StructField("distance", DoubleType(), True),
         StructField("rank", IntegerType(), False),  # 1-based, after post-query filtering
         StructField("metadata", STR_MAP, True),
+        # which retrievers (dense, lexical) returned it, at what 1-based rank, before post-filters
+        StructField("retrievers", MapType(StringType(), IntegerType()), True),
+        StructField("fusion_score", DoubleType(), True),  # hybrid: the fused score that ordered it
     ]
 )
 

@@ -32,6 +32,7 @@ from sparkrag.config import ChromaConfig
 from sparkrag.errors import ConfigError, VectorStoreError
 from sparkrag.models import worker_cached
 from sparkrag.shard_layout import is_legacy_directory, open_store, server_shard_names
+from sparkrag.spark import ship_archive, ships_copies
 from sparkrag.vectorstore import (
     _LOCK_FILE,
     _exclusive_lock,
@@ -258,10 +259,8 @@ def prepare_index_fn(spark: "SparkSession", cfg: ChromaConfig, *, embedding_mode
     for ref in refs:  # fail here, before any task starts; applies a changed hnsw_search_ef
         client = persistent_client(ref.path) if ref.path is not None else open_client(cfg)
         open_collection(client, _named(cfg, ref.collection), embedding_model=embedding_model, dim=dim, create=False)
-    if cfg.mode == "embedded":
-        local = spark.sparkContext.master.startswith("local")
-        if access == "snapshot" or (access == "auto" and not local):
-            refs = tuple(ShardRef(r.collection, r.path, snapshot_for_executors(spark, cfg, directory=r.path))
+    if cfg.mode == "embedded" and ships_copies(spark, access):
+        refs = tuple(ShardRef(r.collection, r.path, snapshot_for_executors(spark, cfg, directory=r.path))
                          for r in refs)
     log.info("Chroma index %r: %d shard(s) (%s)", cfg.collection, len(refs),
              "snapshots" if refs[0].snapshot else cfg.mode)
@@ -313,14 +312,7 @@ def snapshot_for_executors(spark: "SparkSession", cfg: ChromaConfig, *, director
     lock = _exclusive_lock(src, purpose="snapshot") if directory is None else _no_lock()
     with lock, tarfile.open(archive, "w:gz") as tar:
         tar.add(src, arcname=".", filter=lambda info: None if info.name.endswith(_LOCK_FILE) else info)
-    try:
-        context = spark.sparkContext
-    except Exception:  # Spark Connect (Databricks serverless / shared clusters) has no SparkContext
-        context = None
-    if context is not None:
-        context.addArchive(archive)
-    else:
-        spark.addArtifacts(archive, archive=True)
+    ship_archive(spark, archive)
     log.info("shipped Chroma snapshot %s (%.1f MB) to executors", name, os.path.getsize(archive) / 1e6)
     return name
 

@@ -12,7 +12,7 @@ from sparkrag.config import SparkConfig
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["get_spark", "task_gpu_index"]
+__all__ = ["get_spark", "task_gpu_index", "ships_copies", "ship_archive"]
 
 log = logging.getLogger(__name__)
 
@@ -91,3 +91,29 @@ def task_gpu_index() -> int | None:
     if gpus is None or not gpus.addresses:
         return None
     return int(gpus.addresses[0])
+
+
+def ships_copies(spark: "SparkSession", access: str) -> bool:
+    """Whether executors get copies of local index folders (``answer.chroma_access``).
+
+    ``shared`` opens the paths in place (local mode, a shared disk), ``snapshot`` ships
+    copies, ``auto`` is shared on local masters and snapshot elsewhere.
+    """
+    if access == "auto":
+        try:
+            return not spark.sparkContext.master.startswith("local")
+        except Exception:  # Spark Connect has no SparkContext: executors are elsewhere
+            return True
+    return access == "snapshot"
+
+
+def ship_archive(spark: "SparkSession", archive: str) -> None:
+    """Send a .tar.gz to every executor, unpacked under its name (``SparkFiles.get(name)``)."""
+    try:
+        context = spark.sparkContext
+    except Exception:  # Spark Connect (Databricks serverless / shared clusters) has no SparkContext
+        context = None
+    if context is not None:
+        context.addArchive(archive)
+    else:
+        spark.addArtifacts(archive, archive=True)

@@ -1,0 +1,305 @@
+"""The BM25 lexical index: built by the ingest job from the chunks table, searched by the answer job.
+
+Why bm25s and not Chroma: the installed ChromaDB (1.5.9) runs neither its Search API
+(``NotImplementedError: Search is not implemented for Local Chroma``) nor sparse vector
+indexes (``Sparse vector indexing is not enabled in local``) outside Chroma Cloud, and
+this project must run on a laptop. bm25s is a small numpy BM25 (Lucene scoring) whose
+figures on SQuAD-like data are in issue #7.
+
+Layout under ``lexical.path`` (a folder beside the Chroma directory)::
+
+    manifest.json        {"version": "v-...", "chunks_version": 7, "fingerprint": ..., "chunks": n}
+    v-<time>-<id>/       bm25s arrays + chunks.parquet (chunk_id, text, metadata_json)
+
+A build writes a new version folder, then replaces ``manifest.json`` atomically
+(``os.replace``): a reader resolves the manifest once and never sees a half-built index.
+The index is rebuilt from the whole chunks table whenever that table's version moved, so
+changed and deleted chunks leave it in the same run that changes the table (BM25's
+document frequencies are global, so a rebuild is also what keeps scores exact).
+
+Filters mean what they mean in Chroma: the same ``where``/``where_document`` specs are
+evaluated over each chunk's Chroma metadata and text (:func:`sparkrag.filters.filter_mask`).
+
+Example:
+    >>> index = LexicalIndex.build(["a", "b"], ["the Zephyrine valve", "a water pump"],
+    ...                            [{"doc_id": "d1"}, {"doc_id": "d2"}], LexicalConfig())
+    >>> index.query(["zephyrine"], n_results=2)["ids"]
+    [['a']]
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from sparkrag.config import LexicalConfig
+from sparkrag.errors import SchemaError, VectorStoreError
+from sparkrag.filters import check_where, check_where_document, filter_mask
+from sparkrag.models import worker_cached
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+__all__ = ["LexicalIndex", "read_manifest", "current_version_dir", "sync_lexical_index", "make_lexical_fn",
+           "ship_lexical_index"]
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+_FORMAT = 1  # bump when the folder layout changes: old indexes are rebuilt
+_KEEP_VERSIONS = 2  # the current one and the one before (a reader may still be on it)
+
+
+def _tokenize(texts: Sequence[str], stopwords: str, *, return_ids: bool) -> Any:
+    import bm25s
+
+    return bm25s.tokenize(list(texts), stopwords=stopwords or None, return_ids=return_ids, show_progress=False)
+
+
+class LexicalIndex:
+    """BM25 over chunk texts, with each chunk's Chroma metadata for pre-query filters.
+
+    ``query`` answers like ``Collection.query`` but takes texts and returns BM25 ``scores``
+    (higher is better); chunks sharing no term with the query are never returned.
+    """
+
+    def __init__(self, ids: Sequence[str], documents: Sequence[str], metadatas: Sequence[Mapping[str, Any]],
+                 bm25: Any, settings: Mapping[str, Any]) -> None:
+        self.ids, self.documents = [str(i) for i in ids], list(documents)
+        self.metadatas = [dict(m or {}) for m in metadatas]
+        if not len(self.ids) == len(self.documents) == len(self.metadatas):
+            raise SchemaError(f"LexicalIndex: expected {len(self.ids)} documents and metadatas, "
+                              f"got {len(self.documents)} and {len(self.metadatas)}")
+        self.bm25, self.settings = bm25, dict(settings)
+        self._masks: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def build(cls, ids: Sequence[str], documents: Sequence[str], metadatas: Sequence[Mapping[str, Any]],
+              cfg: LexicalConfig) -> "LexicalIndex":
+        """Tokenize (lower-case words, ``cfg.stopwords`` removed) and index ``documents``."""
+        import bm25s
+
+        settings = {"k1": cfg.k1, "b": cfg.b, "stopwords": cfg.stopwords, "format": _FORMAT}
+        tokens = _tokenize(documents, cfg.stopwords, return_ids=True)
+        bm25 = None
+        if tokens.vocab:  # bm25s cannot index a corpus without a single term
+            bm25 = bm25s.BM25(k1=cfg.k1, b=cfg.b)
+            bm25.index(tokens, show_progress=False)
+        return cls(ids, documents, metadatas, bm25, settings)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _mask(self, where: Mapping[str, Any] | None, where_document: Mapping[str, Any] | None) -> np.ndarray | None:
+        if not where and not where_document:
+            return None
+        key = json.dumps([where, where_document], sort_keys=True, default=str)
+        if key not in self._masks:
+            if len(self._masks) >= 256:  # per-row filters: keep memory bounded
+                self._masks.clear()
+            self._masks[key] = filter_mask(self.metadatas, self.documents, where, where_document)
+        return self._masks[key]
+
+    def query(self, query_texts: Sequence[str], n_results: int = 10, where: Mapping[str, Any] | None = None,
+              where_document: Mapping[str, Any] | None = None) -> dict[str, list[list[Any]]]:
+        """Per query, up to ``n_results`` chunks with a positive BM25 score, best first.
+
+        Returns:
+            ``{"ids", "scores", "documents", "metadatas"}``, one list per query.
+        """
+        if where:
+            check_where(where, option="where")
+        if where_document:
+            check_where_document(where_document, option="where_document")
+        mask = self._mask(where, where_document)
+        out: dict[str, list[list[Any]]] = {"ids": [], "scores": [], "documents": [], "metadatas": []}
+        for tokens in _tokenize(query_texts, self.settings["stopwords"], return_ids=False):
+            picked, scores = self._top(tokens, n_results, mask)
+            out["ids"].append([self.ids[i] for i in picked])
+            out["scores"].append(scores)
+            out["documents"].append([self.documents[i] for i in picked])
+            out["metadatas"].append([self.metadatas[i] for i in picked])
+        return out
+
+    def _top(self, tokens: list[str], k: int, mask: np.ndarray | None) -> tuple[list[int], list[float]]:
+        if self.bm25 is None or not tokens or k < 1:  # bm25s fails on a query with no token left
+            return [], []
+        scores = np.asarray(self.bm25.get_scores(tokens), dtype=np.float64)
+        if mask is not None:
+            scores = np.where(mask, scores, 0.0)
+        hits = np.flatnonzero(scores > 0)
+        if len(hits) > k:
+            hits = hits[np.argpartition(-scores[hits], k - 1)[:k]]
+        order = hits[np.lexsort((hits, -scores[hits]))]  # best first; ties by position, so runs repeat
+        return order.tolist(), scores[order].tolist()
+
+    # ---- storage ----
+
+    def save(self, folder: str) -> None:
+        """Write the bm25s arrays and the chunk rows into ``folder`` (created)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        os.makedirs(folder, exist_ok=True)
+        if self.bm25 is not None:
+            self.bm25.save(folder, show_progress=False)
+        rows = pa.table({"chunk_id": self.ids, "text": self.documents,
+                         "metadata_json": [json.dumps(m, sort_keys=True) for m in self.metadatas]})
+        pq.write_table(rows, os.path.join(folder, "chunks.parquet"))
+        with open(os.path.join(folder, "settings.json"), "w", encoding="utf-8") as fh:
+            json.dump(self.settings, fh)
+
+    @classmethod
+    def load(cls, folder: str) -> "LexicalIndex":
+        """Read an index written by :meth:`save`.
+
+        Raises:
+            VectorStoreError: the folder is missing or incomplete.
+        """
+        import bm25s
+        import pyarrow.parquet as pq
+
+        try:
+            with open(os.path.join(folder, "settings.json"), encoding="utf-8") as fh:
+                settings = json.load(fh)
+            rows = pq.read_table(os.path.join(folder, "chunks.parquet")).to_pydict()
+        except (OSError, ValueError) as exc:
+            raise VectorStoreError(f"lexical index at {folder} is missing or incomplete ({exc}); "
+                                   "rerun the ingest job") from exc
+        has_bm25 = os.path.exists(os.path.join(folder, "params.index.json"))
+        bm25 = bm25s.BM25.load(folder, show_progress=False) if has_bm25 else None
+        return cls(rows["chunk_id"], rows["text"], [json.loads(m) for m in rows["metadata_json"]], bm25, settings)
+
+
+# ---- versions and the manifest ----
+
+def read_manifest(path: str) -> dict[str, Any] | None:
+    """The published index's manifest under ``path``, or None when none was published."""
+    try:
+        with open(os.path.join(path, MANIFEST), encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return None
+
+
+def current_version_dir(path: str) -> str:
+    """The folder of the published index under ``path``.
+
+    Raises:
+        VectorStoreError: nothing was published there (the message names ``lexical.path``).
+    """
+    manifest = read_manifest(path)
+    if manifest is None or not os.path.isdir(os.path.join(path, manifest["version"])):
+        raise VectorStoreError(f"no lexical index at {path} (lexical.path); run the ingest job with "
+                               "lexical.enabled=true before retrieval.mode lexical or hybrid")
+    return os.path.join(path, manifest["version"])
+
+
+def _fingerprint(cfg: LexicalConfig) -> str:
+    return json.dumps({"k1": cfg.k1, "b": cfg.b, "stopwords": cfg.stopwords, "format": _FORMAT}, sort_keys=True)
+
+
+def _publish(path: str, index: LexicalIndex, manifest: dict[str, Any]) -> str:
+    """Write ``index`` as a new version, switch the manifest to it, drop versions beyond the last two."""
+    version = f"v-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    staging = os.path.join(path, f".staging-{version}")
+    index.save(staging)
+    os.replace(staging, os.path.join(path, version))
+    tmp = os.path.join(path, f".{MANIFEST}.{uuid.uuid4().hex[:8]}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump({**manifest, "version": version}, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, os.path.join(path, MANIFEST))  # the commit point
+    versions = sorted(d for d in os.listdir(path) if d.startswith("v-"))
+    for old in [d for d in versions if d != version][:-(_KEEP_VERSIONS - 1) or None]:
+        shutil.rmtree(os.path.join(path, old), ignore_errors=True)
+    for leftover in (d for d in os.listdir(path) if d.startswith(".staging-")):  # killed builds
+        shutil.rmtree(os.path.join(path, leftover), ignore_errors=True)
+    return version
+
+
+def sync_lexical_index(chunks: "DataFrame | None", cfg: LexicalConfig, *, chunks_version: int | None) -> dict[str, int]:
+    """Rebuild the index from ``chunks`` when the table (or the BM25 settings) changed since the last build.
+
+    Args:
+        chunks: the chunks table (None: no table yet, an empty index is published).
+        chunks_version: its Delta version; equal to the manifest's means nothing to do.
+
+    Returns:
+        ``{"chunks": n, "rebuilt": 0 or 1}``.
+    """
+    if not cfg.enabled:
+        return {}
+    os.makedirs(cfg.path, exist_ok=True)
+    manifest = read_manifest(cfg.path)
+    fingerprint = _fingerprint(cfg)
+    if (manifest is not None and manifest.get("chunks_version") == chunks_version
+            and manifest.get("fingerprint") == fingerprint and os.path.isdir(os.path.join(cfg.path, manifest["version"]))):
+        log.info("lexical index %s is current (chunks table version %s)", cfg.path, chunks_version)
+        return {"chunks": int(manifest["chunks"]), "rebuilt": 0}
+    start = time.perf_counter()
+    ids, texts, metas = _chunk_rows(chunks)
+    index = LexicalIndex.build(ids, texts, metas, cfg)
+    version = _publish(cfg.path, index, {"chunks_version": chunks_version, "fingerprint": fingerprint,
+                                         "chunks": len(ids), "created_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+    log.info("lexical index %s/%s: %d chunks in %.1f s", cfg.path, version, len(ids), time.perf_counter() - start)
+    return {"chunks": len(ids), "rebuilt": 1}
+
+
+def _chunk_rows(chunks: "DataFrame | None") -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """chunk ids, texts and the metadata Chroma stores for them (doc_hash included, as the sync does)."""
+    from sparkrag.vectorstore import to_chroma_metadata
+
+    if chunks is None:
+        return [], [], []
+    table = chunks.select("chunk_id", "text", "doc_id", "chunk_index", "title", "metadata", "doc_hash").toArrow()
+    rows = table.to_pydict()
+    metas = []
+    for doc_id, index, title, meta, doc_hash in zip(rows["doc_id"], rows["chunk_index"], rows["title"],
+                                                    rows["metadata"], rows["doc_hash"]):
+        user = dict(meta) if meta is not None else {}  # Arrow maps arrive as lists of pairs
+        metas.append({**to_chroma_metadata(doc_id, index, title, user), "doc_hash": doc_hash})
+    return rows["chunk_id"], rows["text"], metas
+
+
+# ---- executors ----
+
+def ship_lexical_index(spark: "SparkSession", folder: str) -> str:
+    """Ship the version ``folder`` to every executor (``addArchive``); returns the archive name."""
+    import tarfile
+    import tempfile
+
+    from sparkrag.spark import ship_archive
+
+    name = f"lexical-{os.path.basename(folder)}.tar.gz"
+    archive = os.path.join(tempfile.mkdtemp(prefix="sparkrag-lexical-"), name)
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=".")
+    ship_archive(spark, archive)
+    log.info("shipped lexical index %s (%.1f MB) to executors", name, os.path.getsize(archive) / 1e6)
+    return name
+
+
+def make_lexical_fn(folder: str, *, shipped: str | None = None) -> Callable[[], LexicalIndex]:
+    """A zero-argument, picklable loader of the index in ``folder`` (or archive ``shipped``), once per worker."""
+
+    def load() -> LexicalIndex:
+        def read() -> LexicalIndex:
+            if shipped is None:
+                return LexicalIndex.load(folder)
+            from pyspark import SparkFiles
+
+            return LexicalIndex.load(SparkFiles.get(shipped))
+
+        return worker_cached(("sparkrag.lexical", folder, shipped), read)
+
+    return load
