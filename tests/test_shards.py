@@ -19,7 +19,8 @@ from chroma_server import chroma_server  # noqa: F401  (session fixture)
 from sparkrag.chroma_sync import sync_collection
 from sparkrag.config import ChromaConfig, IngestOptions, RagConfig, RetrievalConfig
 from sparkrag.errors import VectorStoreError
-from sparkrag.retrieve import ExactIndex, search
+from sparkrag.exact import ExactIndex
+from sparkrag.retrieve import search
 from sparkrag.shard_layout import ShardStore, default_shard_count, shard_column, shard_of
 from sparkrag.shards import ShardedIndex, open_index, prepare_index_fn, resolve_shards
 from sparkrag.vectorstore import embedded_writer, open_client, open_collection, to_chroma_metadata, upsert_chunks
