@@ -8,6 +8,8 @@ abstention precision/recall and the ANN audit's recall@10.
 
     .venv/bin/python benchmarks/squad_eval.py --data /work/shared/data/squad2-train10
     .venv/bin/python benchmarks/squad_eval.py --data ... --limit 300          # a quick look
+    .venv/bin/python benchmarks/squad_eval.py --data ... --sample 600 --seed 0  # random questions,
+                                                    # unanswerable ones included (their ids sort last)
     .venv/bin/python benchmarks/squad_eval.py --data ... --generator chatqa --model /models/chatqa
 
 Reference (FACTS.md, brute-force MiniLM on whole paragraphs): recall@1/5/10 ~ 0.61/0.86/0.92.
@@ -30,8 +32,12 @@ SUMMARY = ("recall@1", "recall@5", "recall@10", "mrr", "exact_match", "f1", "abs
            "abstention_recall", "ann_recall@10", "latency_ms_p50", "latency_ms_p95")
 
 
-def load_jsonl_tables(spark, data: Path, overrides: list[str]) -> dict[str, int]:
-    """documents.jsonl and questions.jsonl -> the documents and questions Delta tables (overwritten)."""
+def load_jsonl_tables(spark, data: Path, overrides: list[str], *, sample: int | None = None,
+                      seed: int = 0) -> dict[str, int]:
+    """documents.jsonl and questions.jsonl -> the documents and questions Delta tables (overwritten).
+
+    ``sample``: keep that many questions drawn at random (``seed``); None keeps all.
+    """
     import pandas as pd
 
     from sparkrag.config import RagConfig, load_config
@@ -43,6 +49,8 @@ def load_jsonl_tables(spark, data: Path, overrides: list[str]) -> dict[str, int]
     for name, table, ddl in (("documents", cfg.names.documents, DOCUMENTS_DDL),
                              ("questions", cfg.names.questions, QUESTIONS_DDL)):
         pdf = pd.read_json(data / f"{name}.jsonl", lines=True, dtype=False)
+        if name == "questions" and sample is not None and sample < len(pdf):
+            pdf = pdf.sample(n=sample, random_state=seed)
         columns = [c.split()[0] for c in ddl.split(", ")]
         missing = sorted(set(columns) - set(pdf.columns))
         if missing:
@@ -67,6 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workdir", type=Path, help="tables, Chroma and report (default: a fresh temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the temp workdir")
     parser.add_argument("--limit", type=int, help="answer only the first N questions (by question_id)")
+    parser.add_argument("--sample", type=int, help="load only N questions drawn at random (--seed)")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--top-k", type=int, default=10, help="contexts kept per question (retrieval.top_k)")
     parser.add_argument("--generator", choices=["extractive", "chatqa"], default="extractive")
     parser.add_argument("--model", help="causal LM for --generator chatqa (hub id or local folder)")
@@ -94,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     spark = get_spark(SparkConfig(app_name="bench-squad-eval"))
     timings: dict[str, float] = {}
     try:
-        counts = _timed("load", lambda: load_jsonl_tables(spark, args.data, overrides), timings)
+        counts = _timed("load", lambda: load_jsonl_tables(spark, args.data, overrides, sample=args.sample,
+                                                              seed=args.seed), timings)
         print(f"loaded {counts} into {workdir / 'tables'}", flush=True)
         _timed("ingest", lambda: ingest_main([*common, "--full-refresh"], spark=spark), timings)
         answer_argv = [*common, "--generator", args.generator, "--retrieval-mode", args.retrieval_mode,
