@@ -151,7 +151,7 @@ def sync_load(chunks: Any, cfg: RagConfig, model_id: str, dim: int) -> float:
     from sparkrag.chroma_sync import sync_collection
 
     start = time.perf_counter()
-    out = sync_collection(chunks, cfg, embedding_model=model_id, dim=dim, progress_every=10**9)
+    out = sync_collection(chunks, cfg, embedding_model=model_id, dim=dim)
     seconds = time.perf_counter() - start
     assert out["loaded"] == out["total"], out
     return seconds

@@ -326,11 +326,11 @@ def test_job_full_refresh_reembeds_everything_and_rebuilds_collection(spark, bas
     yaml_path.write_text(f"tables:\n  root: {tmp_path / 'tables'}\ndocuments:\n  metadata: [{', '.join(META)}]\n"
                          "chroma:\n  path: /nonexistent/overridden/by/flag\n", encoding="utf-8")
     record = run(["--config", str(yaml_path), "--chroma-path", str(tmp_path / "chroma"),
-                   "--set", "ingest.progress_every=7", "--full-refresh", "--log-level", "WARNING"], spark=spark)
+                   "--set", "ingest.max_document_chars=1000000", "--full-refresh", "--log-level", "WARNING"], spark=spark)
     printed = json.loads(capsys.readouterr().out)
     assert printed["run_id"] == record["run_id"] and printed["status"] == "succeeded"
     config = json.loads(run_rows(spark, cfg, record["run_id"])[0]["config_json"])
-    assert config["ingest"] == {**config["ingest"], "full_refresh": True, "progress_every": 7}
+    assert config["ingest"] == {**config["ingest"], "full_refresh": True, "max_document_chars": 1000000}
     assert config["chroma"]["path"] == str(tmp_path / "chroma")
     chunks = delta_chunks(spark, cfg)
     assert set(chunks) == set(baseline.chunks)

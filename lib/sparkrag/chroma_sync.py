@@ -167,12 +167,11 @@ def _desired(keyed: "DataFrame | None", n: int) -> tuple[list[str], list[int]]:
 
 
 def sync_collection(chunks: "DataFrame | None", cfg: RagConfig, *, embedding_model: str, dim: int,
-                    progress_every: int = 5000, spark: "SparkSession | None" = None) -> dict[str, int]:
+                    spark: "SparkSession | None" = None) -> dict[str, int]:
     """Rebuild the shards whose chunks changed, each in its own Spark task, verify, then publish.
 
     Args:
         chunks: the chunks table (None: there is none yet: an empty index is published).
-        progress_every: kept for callers; progress is logged per shard.
         spark: the session (default: the chunks frame's, else the active one).
 
     Returns:

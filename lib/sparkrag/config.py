@@ -325,9 +325,8 @@ class QuestionColumns:
 class IngestOptions:
     full_refresh: bool = False  # re-embed and reload everything
     max_document_chars: int = 2_000_000  # larger documents are rejected, not allowed to stall a task
-    # embedded Chroma is written by one writer on the driver (two writers corrupt it);
-    # a server is written by the executors in parallel.
-    progress_every: int = 5000  # chunks between progress lines in the Chroma load
+    # Chroma shards are rebuilt by one Spark task each (two writers corrupt a directory);
+    # see chroma.shards.
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,12 @@ a rerun re-embeds exactly the documents whose content or settings changed:
 1. plan: compare the input's ``(doc_id, doc_hash)`` pairs with the chunks table's;
 2. embed the new/changed documents on the executors and append their chunks to Delta;
 3. delete the stale pairs (changed, shrunk and vanished documents) from Delta;
-4. bring Chroma in step with the chunks table by ``(chunk_id, doc_hash)``: delete ids the
-   table no longer has, (re)load the ones Chroma lacks or holds with another hash;
-5. verify that Chroma holds exactly the table's chunk ids.
+4. bring Chroma in step with the chunks table by ``(chunk_id, doc_hash)``, shard by shard:
+   each shard whose pairs changed is rebuilt by one Spark task (delete the ids the table no
+   longer has, load the ones the shard lacks or holds with another hash), verified to hold
+   exactly its share of the table's ids, and the rebuilt shards are published together by
+   one atomic manifest switch (:mod:`sparkrag.chroma_sync`);
+5. rebuild the lexical (BM25) index when the chunks table moved (:mod:`sparkrag.lexical`).
 
 Every step is safe to repeat, so a run killed anywhere and rerun converges to the state
 an uninterrupted run reaches. Rows that cannot be ingested go to the rejects table; a
@@ -171,8 +174,7 @@ def _ingest(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
         rec.input_versions[names.chunks] = tables.version(names.chunks)
     with rec.stage("chroma_load"):
         chunks = tables.read(names.chunks) if tables.exists(names.chunks) else None
-        sync = chroma_sync.sync_collection(chunks, cfg, embedding_model=model_id, dim=dim,
-                                           progress_every=cfg.ingest.progress_every, spark=spark)
+        sync = chroma_sync.sync_collection(chunks, cfg, embedding_model=model_id, dim=dim, spark=spark)
         rec.counts.update({f"chroma_{k}": v for k, v in sync.items()})
     if cfg.lexical.enabled:
         from sparkrag.lexical import sync_lexical_index
