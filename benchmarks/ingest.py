@@ -184,7 +184,8 @@ def start_server(root: str) -> tuple[subprocess.Popen, int]:
 
 def server_load(rows: Any, cfg: RagConfig, writers: int, model_id: str, dim: int) -> float:
     """Seconds for ``writers`` Spark tasks to write ``rows`` to a new server collection."""
-    from sparkrag.vectorstore import collection_ids, open_client, write_partitions_to_server
+    from sparkrag.chroma_sync import write_partitions_to_server
+    from sparkrag.vectorstore import collection_ids, open_client
 
     part = rows.repartition(writers).cache()
     part.count()
@@ -284,9 +285,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 def _server_figures(chunks: Any, root: str, repeat: int, model_id: str, dim: int) -> dict[str, list[float]]:
-    from sparkrag.chroma_sync import _rows_for  # the ingest's own rows (doc_hash folded into metadata)
+    from sparkrag.chroma_sync import chroma_rows  # the ingest's own rows (doc_hash folded into metadata)
 
-    rows = _rows_for(chunks, None)
+    rows = chroma_rows(chunks)
     server_root = os.path.join(root, "server")
     os.makedirs(server_root)
     proc, port = start_server(server_root)

@@ -173,10 +173,11 @@ def test_lexical_index_roundtrip_and_edge_cases(indexes, tmp_path):
 
 def test_publish_is_atomic_and_skips_an_unchanged_table(spark, tmp_path):
     cfg = LexicalConfig(path=str(tmp_path / "lexical"))
-    rows = [("c1", "The Zephyrine valve", "d1", 0, None, {"lang": "en"}, "h1"),
-            ("c2", "A water pump", "d2", 0, "Pumps", None, "h2")]
+    rows = [("c1", "The Zephyrine valve", "d1", 0, None, {"lang": "en"}, "h1", [1.0, 0.0]),
+            ("c2", "A water pump", "d2", 0, "Pumps", None, "h2", [0.0, 1.0])]
     chunks = spark.createDataFrame(rows, "chunk_id string, text string, doc_id string, chunk_index int, "
-                                         "title string, metadata map<string,string>, doc_hash string")
+                                         "title string, metadata map<string,string>, doc_hash string, "
+                                         "embedding array<float>")
     assert sync_lexical_index(chunks, cfg, chunks_version=3) == {"chunks": 2, "rebuilt": 1}
     first = current_version_dir(cfg.path)
     index = LexicalIndex.load(first)

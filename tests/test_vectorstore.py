@@ -12,18 +12,17 @@ from chroma_server import chroma_server, free_port  # noqa: F401  (session fixtu
 
 from sparkrag.config import ChromaConfig
 from sparkrag.errors import ConfigError, SchemaError, VectorStoreError
+from sparkrag.chroma_sync import write_partitions_to_server
+from sparkrag.shards import make_collection_fn, snapshot_for_executors
 from sparkrag.vectorstore import (
     collection_ids,
     delete_chunks,
     embedded_writer,
-    make_collection_fn,
     open_client,
     open_collection,
-    snapshot_for_executors,
     to_chroma_metadata,
     upsert_chunks,
     verify_collection,
-    write_partitions_to_server,
 )
 
 # embedding_function=None is stored as a "legacy" config; reading `configuration` warns.

@@ -142,15 +142,11 @@ def _select_questions(tables: "Tables", cfg: RagConfig, questions: "DataFrame", 
 def _index_factory(spark: "SparkSession", tables: "Tables", cfg: RagConfig, dim: int):
     """A zero-argument, picklable factory of the search index on executors."""
     if cfg.retrieval.vector_search == "exact":
-        from pyspark.sql import functions as F
-
         from sparkrag.answer_stages import make_exact_index_fn
+        from sparkrag.chroma_sync import chroma_rows
 
-        chunks = tables.read(cfg.names.chunks).select(
-            "chunk_id", "doc_id", "chunk_index", "title", "text", "embedding",
-            F.map_concat(F.coalesce("metadata", F.create_map().cast("map<string,string>")),
-                         F.create_map(F.lit("doc_hash"), F.col("doc_hash"))).alias("metadata"))
-        return make_exact_index_fn(spark.sparkContext.broadcast(chunks.toPandas()), cfg.chroma.space)
+        chunks = chroma_rows(tables.read(cfg.names.chunks)).toPandas()
+        return make_exact_index_fn(spark.sparkContext.broadcast(chunks), cfg.chroma.space)
     # Resolves the published shards once, fails here (before any task) when one is missing or
     # foreign, and ships snapshots when executors cannot read the directories in place.
     from sparkrag.shards import prepare_index_fn

@@ -28,7 +28,7 @@ from sparkrag.shard_layout import Manifest, ShardStore, default_shard_count, is_
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["open_for_ingest", "sync_collection", "collection_hashes", "write_partitions_to_server"]
+__all__ = ["open_for_ingest", "sync_collection", "collection_hashes", "chroma_rows", "write_partitions_to_server"]
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +103,10 @@ def collection_hashes(collection: Any, *, page_size: int = 5000) -> dict[str, st
         offset += page_size
 
 
-def _rows_for(chunks: "DataFrame", ids: list[str] | None) -> "DataFrame":
-    """The chunk rows to load (``ids``; None: all), with doc_hash folded into the metadata Chroma stores."""
+def chroma_rows(chunks: "DataFrame") -> "DataFrame":
+    """Chunk rows as every index stores them: doc_hash folded into the metadata (Chroma, exact, BM25)."""
     from pyspark.sql import functions as F
 
-    if ids is not None:
-        wanted = chunks.sparkSession.createDataFrame([(i,) for i in ids], "chunk_id string")
-        chunks = chunks.join(wanted, "chunk_id", "left_semi")
     meta = F.map_concat(F.coalesce(F.col("metadata"), F.create_map().cast("map<string,string>")),
                         F.create_map(F.lit(DOC_HASH_KEY), F.col("doc_hash")))
     extra = [c for c in ("doc_hash", "_shard") if c in chunks.columns]
@@ -260,7 +257,7 @@ def _run_tasks(spark: "SparkSession", keyed: "DataFrame | None", tasks: list[Any
         keyed = spark.createDataFrame([], _ROWS_SCHEMA)
     keys = _partition_keys(len(tasks))
     to_key = F.create_map(*[F.lit(x) for t, k in zip(tasks, keys) for x in (t.shard, k)])
-    rows = (_rows_for(keyed, None).where(F.col("_shard").isin([t.shard for t in tasks]))
+    rows = (chroma_rows(keyed).where(F.col("_shard").isin([t.shard for t in tasks]))
             .withColumn("_pkey", to_key[F.col("_shard")].cast("long")))  # typed as the keys were hashed
     build = make_build_fn(tasks, chroma, embedding_model=embedding_model, dim=dim)
     results = [r.asDict() for r in rows.repartition(len(tasks), "_pkey").mapInPandas(build, RESULT_SCHEMA).collect()]

@@ -55,12 +55,10 @@ def _questions(tables: "Tables", cfg: RagConfig, gold_column: str, sample: int, 
 
 def _dense_index(spark: "SparkSession", tables: "Tables", cfg: RagConfig, dim: int) -> Any:
     if cfg.retrieval.vector_search == "exact":
+        from sparkrag.chroma_sync import chroma_rows
         from sparkrag.exact import ExactIndex
 
-        chunks = tables.read(cfg.names.chunks).select("chunk_id", "doc_id", "chunk_index", "title", "text",
-                                                      "embedding", "metadata", "doc_hash").toPandas()
-        chunks["metadata"] = [{**dict(m or {}), "doc_hash": h} for m, h in zip(chunks["metadata"], chunks["doc_hash"])]
-        return ExactIndex.from_chunks(chunks, cfg.chroma.space)
+        return ExactIndex.from_chunks(chroma_rows(tables.read(cfg.names.chunks)).toPandas(), cfg.chroma.space)
     from sparkrag.shards import make_index_fn, resolve_shards
 
     return make_index_fn(cfg.chroma, resolve_shards(cfg.chroma, spark), embedding_model=cfg.encoder.model, dim=dim)()

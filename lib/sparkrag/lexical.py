@@ -219,8 +219,8 @@ def _publish(path: str, index: LexicalIndex, manifest: dict[str, Any]) -> str:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, os.path.join(path, MANIFEST))  # the commit point
-    versions = sorted(d for d in os.listdir(path) if d.startswith("v-"))
-    for old in [d for d in versions if d != version][:-(_KEEP_VERSIONS - 1) or None]:
+    older = sorted(d for d in os.listdir(path) if d.startswith("v-") and d != version)
+    for old in older[:max(len(older) - (_KEEP_VERSIONS - 1), 0)]:  # names sort by build time
         shutil.rmtree(os.path.join(path, old), ignore_errors=True)
     for leftover in (d for d in os.listdir(path) if d.startswith(".staging-")):  # killed builds
         shutil.rmtree(os.path.join(path, leftover), ignore_errors=True)
@@ -257,17 +257,15 @@ def sync_lexical_index(chunks: "DataFrame | None", cfg: LexicalConfig, *, chunks
 
 def _chunk_rows(chunks: "DataFrame | None") -> tuple[list[str], list[str], list[dict[str, Any]]]:
     """chunk ids, texts and the metadata Chroma stores for them (doc_hash included, as the sync does)."""
+    from sparkrag.chroma_sync import chroma_rows
     from sparkrag.vectorstore import to_chroma_metadata
 
     if chunks is None:
         return [], [], []
-    table = chunks.select("chunk_id", "text", "doc_id", "chunk_index", "title", "metadata", "doc_hash").toArrow()
-    rows = table.to_pydict()
-    metas = []
-    for doc_id, index, title, meta, doc_hash in zip(rows["doc_id"], rows["chunk_index"], rows["title"],
-                                                    rows["metadata"], rows["doc_hash"]):
-        user = dict(meta) if meta is not None else {}  # Arrow maps arrive as lists of pairs
-        metas.append({**to_chroma_metadata(doc_id, index, title, user), "doc_hash": doc_hash})
+    rows = chroma_rows(chunks).select("chunk_id", "text", "doc_id", "chunk_index", "title", "metadata").toArrow()
+    rows = rows.to_pydict()
+    metas = [to_chroma_metadata(d, i, t, dict(m or ()))  # Arrow maps arrive as lists of pairs
+             for d, i, t, m in zip(rows["doc_id"], rows["chunk_index"], rows["title"], rows["metadata"])]
     return rows["chunk_id"], rows["text"], metas
 
 

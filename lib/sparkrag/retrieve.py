@@ -181,12 +181,14 @@ def search(index: Any, query_embeddings: Any, *, cfg: RetrievalConfig,
 
 def search_lexical(lexical: Any, index: Any, query_texts: Sequence[str], query_embeddings: Any, *,
                    cfg: RetrievalConfig, space: str, where_per_query: Sequence[Mapping[str, Any] | None],
-                   where_document_per_query: Sequence[Mapping[str, Any] | None]) -> tuple[list[list[Candidate]],
-                                                                                       list[list[float]]]:
+                   where_document_per_query: Sequence[Mapping[str, Any] | None],
+                   known_vectors: Mapping[str, np.ndarray] | None = None) -> tuple[list[list[Candidate]],
+                                                                                   list[list[float]]]:
     """The ``cfg.fetch_k`` best BM25 chunks per query, with their vector distance from ``index``.
 
     The vectors come from the dense index (``get``), so post-query filters such as
-    ``max_distance`` and dedupe mean the same thing in every mode.
+    ``max_distance`` and dedupe mean the same thing in every mode. ``known_vectors``
+    (chunk_id -> vector, e.g. the dense hits of a hybrid search) are not fetched again.
 
     Returns:
         Per query, candidates best BM25 first, and their BM25 scores.
@@ -202,8 +204,9 @@ def search_lexical(lexical: Any, index: Any, query_texts: Sequence[str], query_e
                             where_document=where_doc)
         for j, i in enumerate(chunk):
             hits[i] = (res["ids"][j], res["scores"][j], res["metadatas"][j], res["documents"][j])
+    vectors = dict(known_vectors or {})
     wanted = sorted({cid for ids, *_ in hits for cid in ids})
-    vectors = _vectors_by_id(index, wanted)
+    vectors.update(_vectors_by_id(index, [cid for cid in wanted if cid not in vectors]))
     missing = [cid for cid in wanted if cid not in vectors]
     if missing:
         raise VectorStoreError(f"{len(missing)} lexical hit(s) are not in the vector index, e.g. {missing[:3]}: "
@@ -242,9 +245,10 @@ def find_candidates(rows_wheres: Sequence[Mapping[str, Any] | None], rows_docs: 
         if lexical is None or query_texts is None:
             raise ConfigError(f"retrieval.mode={cfg.mode!r} needs the lexical index and the query texts "
                               "(lexical.enabled at ingest)")
+        known = {c.chunk_id: c.embedding for cs in lists.get("dense", []) for c in cs if c.embedding is not None}
         lists["lexical"], relevance["lexical"] = search_lexical(
             lexical, index, query_texts, query_embeddings, cfg=cfg, space=space, where_per_query=rows_wheres,
-            where_document_per_query=rows_docs)
+            where_document_per_query=rows_docs, known_vectors=known)
     out = []
     for i in range(len(rows_wheres)):
         by_id = {c.chunk_id: c for name in lists for c in lists[name][i]}

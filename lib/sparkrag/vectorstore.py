@@ -52,10 +52,6 @@ __all__ = [
     "collection_ids",
     "verify_collection",
     "partition_payload",
-    "write_partitions_to_server",
-    "snapshot_for_executors",
-    "open_snapshot_collection",
-    "make_collection_fn",
 ]
 
 log = logging.getLogger(__name__)
@@ -391,16 +387,3 @@ def partition_payload(pdf: Any, dim: int) -> tuple[list[str], np.ndarray, list[s
     metas = [to_chroma_metadata(d, i, None if t is None or t != t else t, dict(m) if m is not None else None)
              for d, i, t, m in zip(pdf["doc_id"], pdf["chunk_index"], pdf["title"], pdf["metadata"])]
     return ids, vectors, pdf["text"].astype(str).tolist(), metas
-
-
-# Moved when the store was sharded; old imports keep working.
-_MOVED = {"write_partitions_to_server": "sparkrag.chroma_sync", "snapshot_for_executors": "sparkrag.shards",
-          "open_snapshot_collection": "sparkrag.shards", "make_collection_fn": "sparkrag.shards"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
