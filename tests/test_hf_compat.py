@@ -8,6 +8,7 @@ read that version, as they would for a real install of it. Nothing of transforme
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,9 @@ def _shadow(root: Path, name: str, version: str, *, package: bool) -> Path:
 
 def _probe(path: Path, code: str) -> dict:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
-                         env={"PYTHONPATH": str(path), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+                         env={"PYTHONPATH": os.pathsep.join([str(path)] + ([os.environ["PYTHONPATH"]]
+                                                                           if os.environ.get("PYTHONPATH") else [])),
+                              "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
