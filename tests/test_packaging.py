@@ -206,7 +206,8 @@ def test_wheel_installs_on_databricks_16_4_ml_changing_no_runtime_package(wheel,
          *TARGET, "-c", str(constraints), str(wheel)],
         capture_output=True, text=True, timeout=900, cwd=tmp_path,
         env={"PYTHONPATH": str(site), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
-             **{k: v for k, v in os.environ.items() if k.lower().endswith("_proxy") or k.startswith("PIP_")}})
+             **{k: v for k, v in os.environ.items()  # network settings only: proxies, certificates, pip's own
+                if k.lower().endswith("_proxy") or k.startswith(("PIP_", "SSL_CERT_")) or k == "REQUESTS_CA_BUNDLE"}})
     assert out.returncode == 0, f"sparkrag cannot install on 16.4 LTS ML without changing it:\n{out.stderr[-5000:]}"
     installs = {_norm(i["metadata"]["name"]): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
     assert "sparkrag" in installs and {"chromadb", "bm25s"} <= set(installs), installs
