@@ -6,11 +6,13 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from sparkrag.config import RagConfig, load_config, to_dict
+from sparkrag.shipped import find_shipped
 
-__all__ = ["base_parser", "rag_config_from_args", "setup_logging", "run_rag_job", "entry_point"]
+__all__ = ["base_parser", "rag_config_from_args", "config_path", "setup_logging", "run_rag_job", "entry_point"]
 
 
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -26,7 +28,8 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
             "retrieval, generator, ingest, answer (see resources/config/local.yaml)."
         ),
     )
-    parser.add_argument("--config", metavar="YAML", help="settings file (default: built-in defaults)")
+    parser.add_argument("--config", metavar="YAML", help="settings file, or a shipped one by name: local, databricks "
+                        "(default: built-in defaults)")
     parser.add_argument(
         "--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
         help="override one setting; repeatable; VALUE is YAML (true, 3, [a, b], {k: v})",
@@ -48,7 +51,19 @@ def rag_config_from_args(args: argparse.Namespace, shortcuts: dict[str, str] | N
             continue
         overrides.append(f"{key}={json.dumps(value) if not isinstance(value, str) else _yaml_str(value)}")
     overrides.extend(args.overrides)
-    return load_config(RagConfig, args.config, overrides)
+    return load_config(RagConfig, config_path(args.config), overrides)
+
+
+def config_path(value: str | None) -> str | None:
+    """``--config`` as given when it names a file, else the shipped config of that name
+    (``databricks`` -> the wheel's or the checkout's ``resources/config/databricks.yaml``).
+
+    Raises:
+        ConfigError: neither a file nor a shipped config; the message lists the shipped ones.
+    """
+    if value is None or Path(value).is_file():
+        return value
+    return str(find_shipped("config", value, option="--config"))
 
 
 def _yaml_str(value: str) -> str:

@@ -3,6 +3,7 @@
     sparkrag-sql "SELECT run_id, count(*) AS n FROM answers GROUP BY run_id"
     sparkrag-sql --file resources/sql/unanswered_questions.sql --param run_id=20240101-abc
     sparkrag-sql --file run_summary --format csv > runs.csv     (a shipped query, by name)
+    sparkrag-sql --list                                         (the shipped queries)
     spark-submit jobs/sql.py --config resources/config/local.yaml --file resources/sql/run_diff.sql
 
 Every table of the config's ``names`` section is a view named after its key: documents,
@@ -37,6 +38,7 @@ except ImportError:  # pragma: no cover - running from a checkout without the pa
 
 from sparkrag.config import RagConfig
 from sparkrag.errors import ConfigError, SparkragError, TableError
+from sparkrag.shipped import find_shipped, shipped_names
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, Row, SparkSession
@@ -51,13 +53,14 @@ __all__ = [
     "declared_defaults",
     "bind_parameters",
     "find_sql_file",
+    "shipped_queries",
     "format_rows",
     "SQL_DIR",
 ]
 
 log = logging.getLogger(__name__)
 
-SQL_DIR = Path("resources") / "sql"  # shipped queries, relative to the project root
+SQL_DIR = Path("resources") / "sql"  # shipped queries in a checkout; the wheel has them as package data
 # A parameter declaration in a query's leading comment: "--   :name (default 'value')  text".
 _DECLARED = re.compile(r"^--\s*:(?P<name>[A-Za-z_]\w*)\b(?:\s*\(default\s+'(?P<default>[^']*)'\))?")
 # What the marker scanner skips: comments, string literals and quoted identifiers.
@@ -214,13 +217,11 @@ def run_sql(
 
 
 # -- files ------------------------------------------------------------------------------
-def _shipped_dirs() -> list[Path]:
-    here = Path(__file__).resolve()
-    return [Path.cwd() / SQL_DIR, here.parents[1] / SQL_DIR]  # the checkout, when run from one
-
-
 def find_sql_file(name: str) -> Path:
     """A path as given, else a shipped query by name (``run_summary`` or ``run_summary.sql``).
+
+    Shipped queries are found in the installed package as well as in a checkout
+    (:func:`sparkrag.shipped.find_shipped`).
 
     Raises:
         ConfigError: nothing found; the message lists the shipped queries.
@@ -228,14 +229,21 @@ def find_sql_file(name: str) -> Path:
     path = Path(name)
     if path.is_file():
         return path
-    candidates = [] if path.parent != Path(".") else [
-        d / (name if name.endswith(".sql") else f"{name}.sql") for d in _shipped_dirs()]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    shipped = sorted({p.stem for d in _shipped_dirs() if d.is_dir() for p in d.glob("*.sql")})
-    raise ConfigError(f"--file {name}: no such file (looked in {', '.join(map(str, [path] + candidates))}); "
-                      f"shipped queries: {', '.join(shipped) or 'none found'}")
+    return find_shipped("sql", name, option="--file")
+
+
+def shipped_queries() -> list[tuple[str, str]]:
+    """(name, first line of its leading comment) for every shipped query, by name.
+
+    Example:
+        >>> dict(shipped_queries())["run_summary"].startswith("Run summary")
+        True
+    """
+    out = []
+    for name in shipped_names("sql"):
+        first = find_shipped("sql", name, option="--file").read_text(encoding="utf-8").lstrip().splitlines()[:1]
+        out.append((name, first[0].lstrip("-").strip() if first and first[0].startswith("--") else ""))
+    return out
 
 
 # -- output -----------------------------------------------------------------------------
@@ -332,7 +340,8 @@ def format_rows(
 def build_parser():
     parser = base_parser("sparkrag-sql", __doc__)
     parser.add_argument("query", nargs="?", help="one SQL statement (or use --file)")
-    parser.add_argument("--file", metavar="SQL", help="a .sql file, or the name of a query in resources/sql")
+    parser.add_argument("--file", metavar="SQL", help="a .sql file, or the name of a shipped query (see --list)")
+    parser.add_argument("--list", action="store_true", help="print the shipped queries and exit")
     parser.add_argument("--param", metavar="NAME=VALUE", action="append", default=[],
                         help="a named parameter for :NAME markers; repeatable")
     parser.add_argument("--format", choices=["table", "csv", "json"], default="table",
@@ -372,6 +381,9 @@ def main(argv: Sequence[str] | None = None, spark: "SparkSession | None" = None)
 
     parser = build_parser()
     args = parse(parser, argv)
+    if args.list:  # no Spark needed
+        print("\n".join(f"{name:<24} {title}" for name, title in shipped_queries()))
+        return 0
     if (args.query is None) == (args.file is None):
         parser.error("give exactly one of QUERY or --file")
     try:

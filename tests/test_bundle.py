@@ -204,3 +204,83 @@ def test_task_arguments_build_a_valid_config(bundle, jobs, target):
     # The cluster's task GPU amount alone schedules generation (see the job YAML's comment).
     gpu_conf = _clusters(job)["gpu_cluster"]["spark_conf"]
     assert answer.generator.task_gpus in (0, float(gpu_conf["spark.task.resource.gpu.amount"]))
+
+
+# -- the runtime the bundle targets, against the README and the stack matrix ------------------
+README = ROOT / "README.md"
+
+
+def _readme_databricks_table() -> dict[str, tuple[str, str]]:
+    """README "### Databricks" table: setting -> (ingest/evaluate cell, answer cell)."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("### Databricks\n"):]
+    section = section[: section.index("\n### ", 1)]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 3 and not set(cells[0]) <= {"-"}:
+            rows[cells[0]] = (cells[1], cells[2])
+    assert rows, "README's Databricks section has no settings table"
+    return rows
+
+
+def _ticked(cell: str) -> str | None:
+    found = re.findall(r"`([^`]+)`", cell)
+    return found[0] if found else None
+
+
+def _row(rows: dict[str, tuple[str, str]], key: str) -> tuple[str | None, str | None]:
+    (label,) = [k for k in rows if key in k]
+    return _ticked(rows[label][0]), _ticked(rows[label][1])
+
+
+def test_clusters_run_the_runtime_the_stack_matrix_and_the_package_list_cover(jobs):
+    job = jobs["rag_workflow"]
+    versions = {c["spark_version"] for c in _clusters(job).values()}
+    releases = {v.split(".x-")[0] for v in versions}
+    assert releases == {"16.4"}, versions  # one runtime for every task
+    assert all(re.fullmatch(r"16\.4\.x-(cpu|gpu)-ml-scala2\.12", v) for v in versions), versions
+    # The package list the wheel is resolved against (tests/test_packaging.py) is this runtime's.
+    runtime_list = ROOT / "resources" / "databricks" / "runtime-16.4-ml.txt"
+    header = runtime_list.read_text(encoding="utf-8")
+    assert "Apache Spark 3.5.2" in header and "Python 3.12" in header
+    # Spark 3.5 with native Delta: the stack the README names for it, and the config's backend.
+    readme = README.read_text(encoding="utf-8")
+    assert "16.4 LTS ML (Spark 3.5.2, native Delta 3.x" in readme and "`STACK=spark3.5-native`" in readme
+    assert _load(ROOT / "resources" / "config" / "databricks.yaml")["tables"]["backend"] == "native"
+
+
+def test_readme_states_the_bundles_runtimes_node_types_and_gpu_settings(bundle, jobs):
+    rows = _readme_databricks_table()
+    job = jobs["rag_workflow"]
+    clusters = _clusters(job)
+    tasks = {t["task_key"]: clusters[t["job_cluster_key"]] for t in job["tasks"]}
+    variables = {k: v["default"] for k, v in bundle["variables"].items()}
+
+    cpu_runtime, gpu_runtime = _row(rows, "runtime")
+    assert tasks["ingest"]["spark_version"] == tasks["evaluate"]["spark_version"] == cpu_runtime
+    assert tasks["answer"]["spark_version"] == gpu_runtime
+
+    cpu_node, gpu_node = _row(rows, "node type")
+    for key in ("ingest", "evaluate"):
+        assert tasks[key]["node_type_id"] == "${var.cpu_node_type}"
+    assert tasks["answer"]["node_type_id"] == "${var.gpu_node_type}"
+    assert (variables["cpu_node_type"], variables["gpu_node_type"]) == (cpu_node, gpu_node)
+
+    for conf_key in ("spark.executor.resource.gpu.amount", "spark.task.resource.gpu.amount"):
+        cpu_cell, gpu_cell = _row(rows, f"`{conf_key}`")
+        assert cpu_cell is None  # "unset" on the CPU clusters
+        assert all(conf_key not in tasks[k].get("spark_conf", {}) for k in ("ingest", "evaluate"))
+        assert tasks["answer"]["spark_conf"][conf_key] == gpu_cell
+
+    _, task_gpus = _row(rows, "`generator.task_gpus`")
+    databricks_yaml = _load(ROOT / "resources" / "config" / "databricks.yaml")
+    assert str(databricks_yaml["generator"]["task_gpus"]) == task_gpus
+
+
+def test_every_task_installs_only_the_wheel(jobs):
+    """chromadb, bm25s... come from the wheel's install_requires; torch and the rest from the runtime."""
+    for task in _wheel_tasks(jobs):
+        assert task["libraries"] == [{"whl": "../dist/*.whl"}], task["task_key"]
+    for cluster in _clusters(jobs["rag_workflow"]).values():
+        assert "init_scripts" not in cluster and "spark_env_vars" not in cluster

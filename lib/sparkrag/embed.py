@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
 from sparkrag.chunk import encoder_max_length, load_tokenizer
 from sparkrag.config import EncoderConfig
 from sparkrag.errors import ConfigError, ModelContractError, SchemaError
+from sparkrag.hf_compat import pretrained_kwargs
 from sparkrag.models import resolve_device, resolve_model_path, worker_cached
 from sparkrag.schemas import require_columns
 
@@ -94,7 +95,7 @@ def _load_encoder(model_path: str, device: str, threads: int) -> tuple[Any, Any]
     if device == "cpu":
         torch.set_num_threads(threads)  # one per Spark worker beats two threads in one process
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    model = AutoModel.from_pretrained(model_path, dtype=dtype).to(device).eval()
+    model = AutoModel.from_pretrained(model_path, **pretrained_kwargs(dtype)).to(device).eval()
     return load_tokenizer(model_path), model
 
 

@@ -7,6 +7,7 @@ __all__ = [
     "TableError",
     "VectorStoreError",
     "ModelContractError",
+    "DependencyError",
 ]
 
 
@@ -32,3 +33,7 @@ class VectorStoreError(SparkragError):
 
 class ModelContractError(SparkragError):
     """A model returned the wrong number of rows or vectors of the wrong dimension."""
+
+
+class DependencyError(SparkragError, ImportError):
+    """An installed library is missing, or too old for the path asked for; the message names it and the fix."""

@@ -9,7 +9,6 @@ tokenised or is too long for the model) gets its ``error`` set; the other rows s
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import re
 import time
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from sparkrag.errors import ModelContractError
+from sparkrag.hf_compat import accelerate_available, pretrained_kwargs
 from sparkrag.models import resolve_device, resolve_model_path, worker_cached
 from sparkrag.prompt import ABSTAIN_TEXT, encode_prompt
 
@@ -90,9 +90,9 @@ def _load_model(model_name: str, dtype_name: str, device: str) -> tuple[Any, Any
     dtype = _torch_dtype(dtype_name, device)
     # With accelerate installed, device_map puts the weights straight onto the GPU (no 16 GB
     # detour through host RAM); without it transformers refuses device_map, so move after.
-    direct = device != "cpu" and importlib.util.find_spec("accelerate") is not None
+    direct = device != "cpu" and accelerate_available()
     model = AutoModelForCausalLM.from_pretrained(
-        resolve_model_path(model_name), dtype=dtype, **({"device_map": device} if direct else {})
+        resolve_model_path(model_name), **pretrained_kwargs(dtype), **({"device_map": device} if direct else {})
     )
     model = (model if direct else model.to(device)).eval()
     log.info("loaded %s (%s) on %s in %.1f s", model_name, dtype, device, time.perf_counter() - started)
