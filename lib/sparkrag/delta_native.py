@@ -104,10 +104,16 @@ class NativeTables(Tables):
         }[when_matched]
         if when_not_matched == "insert":
             clauses += " WHEN NOT MATCHED THEN INSERT *"
+        using = view
+        if when_matched == "update_changed":
+            # Delta rewrites every file holding a matched row, even when the clause's
+            # condition is false for all of them: drop the unchanged rows from the source
+            # first, so that a rerun with the same data rewrites no file.
+            using = f"(SELECT s.* FROM {view} s LEFT ANTI JOIN {self.sql_ref(table)} t ON {on} AND NOT ({changed}))"
         before = self.version(table)
         try:
             row = self._retry(lambda: self.spark.sql(
-                f"MERGE INTO {self.sql_ref(table)} t USING {view} s ON {on} {clauses}").first())
+                f"MERGE INTO {self.sql_ref(table)} t USING {using} s ON {on} {clauses}").first())
         finally:
             self.spark.catalog.dropTempView(view)
         out = {_MERGE_ROW.get(k, k): int(v) for k, v in (row.asDict() if row else {}).items() if v is not None}
