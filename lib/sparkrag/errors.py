@@ -7,6 +7,7 @@ __all__ = [
     "TableError",
     "VectorStoreError",
     "ModelContractError",
+    "RunFailedError",
 ]
 
 
@@ -32,3 +33,7 @@ class VectorStoreError(SparkragError):
 
 class ModelContractError(SparkragError):
     """A model returned the wrong number of rows or vectors of the wrong dimension."""
+
+
+class RunFailedError(SparkragError):
+    """A job ran to the end but too many of its rows failed (``answer.max_error_rate``); its rows are kept."""
