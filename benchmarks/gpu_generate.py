@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = not args.tiny
     if cuda and not torch.cuda.is_available():
         print("gpu_generate: no CUDA device visible to torch; nothing to measure (--tiny checks the script on CPU).")
-        return 1
+        return 0  # not a failure of run_all.py on CPU machines
     shape = TINY if args.tiny else LLAMA3_8B
     sizes = [2, 4] if args.tiny else [int(b) for b in args.batch_sizes.split(",")]
     if args.tiny:
