@@ -14,6 +14,11 @@ Every row is written with the exact contexts its answer was given, the filters a
 token counts, latency and lineage, merged on ``(question_id, run_id)`` so a rerun of the
 same run replaces rows instead of duplicating them (``--resume`` answers only the questions
 without a successful answer).
+
+Generated rows are committed batch by batch to a staging table first
+(:mod:`sparkrag.answer_staging`); the MERGE reads them, so a killed run rerun with the same
+run id regenerates nothing that was staged. A run with more than ``answer.max_error_rate``
+failed rows is recorded as failed and raises :class:`sparkrag.errors.RunFailedError`.
 """
 
 from __future__ import annotations
