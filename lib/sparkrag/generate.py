@@ -10,7 +10,6 @@ tokenised or is too long for the model) gets its ``error`` set; the other rows s
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -18,7 +17,7 @@ from sparkrag.errors import ModelContractError
 from sparkrag.models import resolve_device, worker_cached
 
 if TYPE_CHECKING:
-    from sparkrag.config import EncoderConfig, GeneratorConfig
+    from sparkrag.config import GeneratorConfig
 
 __all__ = ["Generation", "CausalLMGenerator", "ExtractiveAnswerer", "make_generate_fn", "make_tokenizer_fn",
            "make_extractive_fn", "split_sentences", "plan_batches"]

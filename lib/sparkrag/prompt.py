@@ -35,7 +35,6 @@ prepends BOS by itself, so prompts are encoded as the BOS id followed by the tex
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence, Union
 
