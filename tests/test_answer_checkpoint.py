@@ -95,9 +95,9 @@ def start_job(root: Path) -> subprocess.Popen:
     for item in overrides(root):
         args += ["--set", item]
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    log = (root / "killed-job.log").open("wb")  # a file, not a pipe: a full pipe would stall the job
     # Its own process group, so the JVM it starts can be cleaned up after the driver is killed.
-    return subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    return subprocess.Popen(args, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def kill_after_half_staged(proc: subprocess.Popen, root: Path, timeout: float = 900) -> list[dict[str, Any]]:
@@ -105,8 +105,8 @@ def kill_after_half_staged(proc: subprocess.Popen, root: Path, timeout: float = 
     try:
         while len(staged_rows(root, KILLED_RUN)) < N_QUESTIONS // 2:
             if proc.poll() is not None:
-                pytest.fail(f"the answer job ended (rc {proc.returncode}) before half was staged: "
-                            f"{proc.stderr.read().decode()[-3000:]}")
+                log = (root / "killed-job.log").read_text(encoding="utf-8", errors="replace")
+                pytest.fail(f"the answer job ended (rc {proc.returncode}) before half was staged: {log[-3000:]}")
             if time.monotonic() > deadline:
                 pytest.fail("half the questions were not staged in time")
             time.sleep(0.2)
