@@ -116,7 +116,32 @@ def merge_staged_answers(tables: "Tables", cfg: RagConfig, run_id: str) -> dict[
         return {"merged": False}
     latest = Window.partitionBy("question_id").orderBy(F.col("batch").desc())
     rows = (staged.withColumn("_n", F.row_number().over(latest)).where(F.col("_n") == 1)
-            .select(*[F.col(f.name).cast(f.dataType) for f in ANSWERS_SCHEMA.fields]))
+            .select(*[_conform(F.col(f.name), f.dataType).alias(f.name) for f in ANSWERS_SCHEMA.fields]))
     metrics = tables.merge(rows, cfg.names.answers, keys=["question_id", "run_id"], when_matched="update")
     tables.delete_where(cfg.names.answers_staging, f"run_id = {_quote(run_id)}")
     return metrics
+
+
+def _conform(column: Any, dtype: Any) -> Any:
+    """``column`` with ``dtype``'s nested non-null fields restored.
+
+    Spark reads every table back with nullable fields, and a cast cannot make a field
+    non-null; rebuilding each struct (non-null fields through a coalesce that never fires:
+    they hold no nulls) gives the answers table its declared schema (history turns and
+    contexts with non-null fields), as the rows had when they were generated.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType, StringType, StructType
+
+    if isinstance(dtype, ArrayType):
+        return F.transform(column, lambda element: _conform(element, dtype.elementType))
+    if isinstance(dtype, StructType):
+        fields = []
+        for f in dtype.fields:
+            value = _conform(column[f.name], f.dataType)
+            if not f.nullable:
+                default = F.lit("") if isinstance(f.dataType, StringType) else F.lit(0).cast(f.dataType)
+                value = F.coalesce(value, default)
+            fields.append(value.alias(f.name))
+        return F.struct(*fields)
+    return column.cast(dtype)
