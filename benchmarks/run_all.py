@@ -29,6 +29,7 @@ QUICK = {
     "end_to_end": ["--repeat-questions", "4", "--rounds", "2"],
     "scale": ["--base-docs", "60"],
     "squad_eval": ["--limit", "300"],
+    "answer_quality": ["--sample", "40"],  # SmolLM2 on CPU: ~1-3 s per question
     "shards": ["--vectors", "4000", "--repeat", "1"],
 }
 

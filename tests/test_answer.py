@@ -110,7 +110,9 @@ def base_overrides(root: Path) -> list[str]:
             "documents.metadata=[source, lang]", "chunking.max_tokens=96", "chunking.overlap_tokens=16",
             "questions.id=qid", f"retrieval.top_k={TOP_K}", "retrieval.fetch_k=20",
             # 0.35 (the default): every on-topic question here scores >= 0.45, the off-topic one < 0.3
-            "generator.extractive_threshold=0.35"]
+            "generator.extractive_threshold=0.35",
+            # 2-3 of the 10 questions fail on purpose (blank, null, too long): not a failed run here
+            "answer.max_error_rate=0.5"]
 
 
 def make_cfg(root: Path, *overrides: str) -> RagConfig:

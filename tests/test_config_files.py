@@ -97,7 +97,7 @@ def test_wrong_type_is_named(tmp_path):
     path.write_text("chroma:\n  port: eight thousand\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"chroma\.port: expected an integer, got 'eight thousand'"):
         load_config(RagConfig, path)
-    with pytest.raises(ConfigError, match=r"generator\.kind: expected one of 'extractive', 'chatqa', got 'gpt'"):
+    with pytest.raises(ConfigError, match=r"generator\.kind: expected one of 'extractive', 'llm', 'chatqa', got 'gpt'"):
         load_config(RagConfig, LOCAL, ["generator.kind=gpt"])
     with pytest.raises(ConfigError, match=r"documents\.metadata: expected a list"):
         load_config(RagConfig, LOCAL, ["documents.metadata=source"])

@@ -14,6 +14,11 @@ Every row is written with the exact contexts its answer was given, the filters a
 token counts, latency and lineage, merged on ``(question_id, run_id)`` so a rerun of the
 same run replaces rows instead of duplicating them (``--resume`` answers only the questions
 without a successful answer).
+
+Generated rows are committed batch by batch to a staging table first
+(:mod:`sparkrag.answer_staging`); the MERGE reads them, so a killed run rerun with the same
+run id regenerates nothing that was staged. A run with more than ``answer.max_error_rate``
+failed rows is recorded as failed and raises :class:`sparkrag.errors.RunFailedError`.
 """
 
 from __future__ import annotations
@@ -22,9 +27,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from sparkrag.config import RagConfig
-from sparkrag.errors import SchemaError
+from sparkrag.errors import RunFailedError, SchemaError
 from sparkrag.runs import RunRecorder, new_run_id, write_run_record
-from sparkrag.schemas import ANSWERS_SCHEMA
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -36,8 +40,13 @@ __all__ = ["run_answer", "check_questions", "generator_model_id"]
 log = logging.getLogger(__name__)
 
 def generator_model_id(cfg: RagConfig) -> str:
-    """What the answers' ``model_id`` says produced them."""
-    return cfg.generator.model if cfg.generator.kind == "chatqa" else f"extractive:{cfg.encoder.model}"
+    """What the answers' ``model_id`` says produced them: the LLM's real name
+    (:func:`sparkrag.llm.resolve_llm_source`: a packaged model's hub id, file and version; a
+    GGUF file's path), or ``extractive:<encoder>``."""
+    from sparkrag.llm import resolve_llm_source
+
+    return resolve_llm_source(cfg.generator.model).model_id if cfg.generator.uses_llm else \
+        f"extractive:{cfg.encoder.model}"
 
 
 def check_questions(df: "DataFrame", cfg: RagConfig, *, table: str) -> None:
@@ -67,6 +76,8 @@ def run_answer(spark: "SparkSession", cfg: RagConfig) -> dict[str, Any]:
     Raises:
         SchemaError: a configured column is missing (before any work).
         VectorStoreError: the collection is missing, unreachable or of another encoder.
+        RunFailedError: more than ``answer.max_error_rate`` of the run's rows have an error
+            (the rows are written and the run is recorded as failed).
     """
     from sparkrag.embed import encoder_info
     from sparkrag.tables import open_tables
@@ -78,6 +89,7 @@ def run_answer(spark: "SparkSession", cfg: RagConfig) -> dict[str, Any]:
     rec.outputs = {"answers": tables.location(cfg.names.answers), "runs": tables.location(cfg.names.runs)}
     try:
         _answer(spark, tables, cfg, rec, dim)
+        _check_error_rate(cfg, rec)
     except BaseException as exc:
         write_run_record(tables, cfg.names.runs, rec.record("failed", f"{type(exc).__name__}: {exc}"[:4000]))
         raise
@@ -87,10 +99,7 @@ def run_answer(spark: "SparkSession", cfg: RagConfig) -> dict[str, Any]:
 
 
 def _answer(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRecorder, dim: int) -> None:
-    from pyspark.sql import functions as F
-
-    from sparkrag.answer_stages import make_generate_stage, make_retrieve_stage, stage1_schema, stage2_schema
-    from sparkrag.spark import map_in_pandas
+    from sparkrag.answer_staging import merge_staged_answers, stage_answers
 
     names = cfg.names
     rec.input_versions[names.questions] = tables.version(names.questions)
@@ -107,18 +116,41 @@ def _answer(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
     with rec.stage("open_index"):
         index_fn = _index_factory(spark, tables, cfg, dim)
         lexical_fn = _lexical_factory(spark, tables, cfg, rec) if cfg.retrieval.mode != "dense" else None
-    parallelism = max(spark.sparkContext.defaultParallelism, 1)
-    retrieve = make_retrieve_stage(cfg, index_fn, lexical_fn)
-    stage1 = todo.repartition(parallelism).mapInPandas(retrieve, stage1_schema())
-    generate, profile = make_generate_stage(cfg)
-    # The repartition is the stage boundary that lets generation run under its own
-    # ResourceProfile (GPU tasks) while retrieval runs on CPU tasks.
-    stage2 = map_in_pandas(stage1.repartition(parallelism), generate, stage2_schema(), profile=profile)
-    out = (stage2.withColumn("run_id", F.lit(rec.run_id)).withColumn("created_at", F.current_timestamp())
-           .select(*[F.col(f.name).cast(f.dataType) for f in ANSWERS_SCHEMA.fields]))
+    produce = _pipeline(spark, cfg, index_fn, lexical_fn)
     with rec.stage("retrieve_generate_write", spark):
-        tables.merge(out, names.answers, keys=["question_id", "run_id"], when_matched="update")
+        stage_answers(tables, cfg, rec, todo, produce)
+    with rec.stage("merge"):
+        merge_staged_answers(tables, cfg, rec.run_id)
     _summarise(tables, cfg, rec)
+
+
+def _pipeline(spark: "SparkSession", cfg: RagConfig, index_fn, lexical_fn):
+    """questions DataFrame -> answer rows (stage2_schema): retrieval, then generation."""
+    from sparkrag.answer_stages import make_generate_stage, make_retrieve_stage, stage1_schema, stage2_schema
+
+    parallelism = max(spark.sparkContext.defaultParallelism, 1)
+    generate_partitions = cfg.answer.generate_partitions or parallelism
+    retrieve = make_retrieve_stage(cfg, index_fn, lexical_fn)
+    generate, profile = make_generate_stage(cfg)
+
+    def produce(questions: "DataFrame") -> "DataFrame":
+        stage1 = questions.repartition(parallelism).mapInPandas(retrieve, stage1_schema())
+        # The repartition is the stage boundary that lets generation run under its own
+        # ResourceProfile (GPU tasks) while retrieval runs on CPU tasks.
+        return map_in_pandas(stage1.repartition(generate_partitions), generate, stage2_schema(), profile=profile)
+
+    return produce
+
+
+def _check_error_rate(cfg: RagConfig, rec: RunRecorder) -> None:
+    """Fail the run (rows kept) when more than ``answer.max_error_rate`` of its rows have an error."""
+    answers, errors = rec.counts.get("answers", 0), rec.counts.get("errors", 0)
+    rate = errors / answers if answers else 0.0
+    rec.metrics["error_rate"] = rate
+    if rate > cfg.answer.max_error_rate:
+        raise RunFailedError(f"{errors} of {answers} answers of run {rec.run_id} have an error ({rate:.1%}), "
+                             f"above answer.max_error_rate {cfg.answer.max_error_rate:.1%}; the rows are kept in "
+                             f"{cfg.names.answers} (see their error column)")
 
 
 def _select_questions(tables: "Tables", cfg: RagConfig, questions: "DataFrame", run_id: str) -> "DataFrame":

@@ -71,16 +71,15 @@ def make_exact_index_fn(chunks_broadcast: Any, space: str) -> Callable[[], Any]:
 
 def make_retrieve_stage(cfg: RagConfig, index_fn: Callable[[], Any], lexical_fn: Callable[[], Any] | None = None,
                         ) -> Callable[[Iterator["pd.DataFrame"]], Iterator["pd.DataFrame"]]:
-    """mapInPandas function: questions -> contexts, filters and (ChatQA) the packed prompt.
+    """mapInPandas function: questions -> contexts and filters (the prompt is packed where the
+    model is, in the generate stage: only that worker loads the LLM's tokenizer).
 
     ``lexical_fn`` loads the BM25 index (``retrieval.mode`` lexical or hybrid).
     """
     from sparkrag.embed import make_encode_fn
-    from sparkrag.generate import make_tokenizer_fn
     from sparkrag.rerank import make_rerank_fn
 
     encode_fn = make_encode_fn(cfg.encoder, role="query")
-    tokenizer_fn = make_tokenizer_fn(cfg.generator) if cfg.generator.kind == "chatqa" else None
     rerank_factory = make_rerank_fn(cfg.retrieval.rerank_model) if cfg.retrieval.rerank_model else None
     columns = stage1_schema().fieldNames()
 
@@ -88,7 +87,6 @@ def make_retrieve_stage(cfg: RagConfig, index_fn: Callable[[], Any], lexical_fn:
         import pandas as pd
 
         tools = {"index": index_fn(), "encode": encode_fn(), "lexical": lexical_fn() if lexical_fn else None,
-                 "tokenizer": tokenizer_fn() if tokenizer_fn else None,
                  "rerank": rerank_factory() if rerank_factory else None}
         step = max(cfg.retrieval.query_batch_size, 1)
         for pdf in batches:
@@ -126,7 +124,6 @@ def _history(history: Any) -> list[dict] | None:
 
 
 def _retrieve_rows(rows: list[dict], cfg: RagConfig, tools: dict[str, Any]) -> list[dict]:
-    from sparkrag.prompt import build_prompt
     from sparkrag.retrieve import retrieve_contexts
 
     start = time.perf_counter()
@@ -143,16 +140,6 @@ def _retrieve_rows(rows: list[dict], cfg: RagConfig, tools: dict[str, Any]) -> l
                                               rerank_fn=tools["rerank"])
         for i, ctxs, fjson in zip(live, contexts, filters):
             out[i].update(contexts=ctxs, filters_json=fjson)
-            if tools["tokenizer"] is not None:
-                try:
-                    packed = build_prompt(rows[i]["question"], out[i]["history"], ctxs, tools["tokenizer"],
-                                          cfg=cfg.generator)
-                except Exception as exc:  # PromptTooLongError and friends: this row only
-                    out[i]["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-                    continue
-                # The row keeps exactly the contexts its prompt holds.
-                out[i].update(prompt=packed.text, prompt_tokens=packed.prompt_tokens,
-                              contexts=[ctxs[k] for k in packed.used_contexts])
     per_row = (time.perf_counter() - start) * 1000 / max(len(rows), 1)
     for row in out:
         row["retrieval_ms"] = per_row
@@ -160,11 +147,17 @@ def _retrieve_rows(rows: list[dict], cfg: RagConfig, tools: dict[str, Any]) -> l
 
 
 def make_generate_stage(cfg: RagConfig) -> tuple[Callable[[Iterator["pd.DataFrame"]], Iterator["pd.DataFrame"]], Any]:
-    """mapInPandas function: retrieved rows -> answers; and the ResourceProfile it runs under."""
+    """mapInPandas function: retrieved rows -> answers; and the ResourceProfile it runs under.
+
+    The causal LM gets a whole partition at once: prompts are packed with its tokenizer in its
+    style, then batched by token budget over the partition (``generator.max_batch_tokens``).
+    The extractive answerer takes ``generator.batch_size`` rows per call.
+    """
+    from sparkrag.abstain import make_abstention_rule
     from sparkrag.answer import generator_model_id
     from sparkrag.generate import make_extractive_fn, make_generate_fn
 
-    extractive = cfg.generator.kind == "extractive"
+    extractive = not cfg.generator.uses_llm
     factory = make_extractive_fn(cfg.encoder, cfg.generator) if extractive else make_generate_fn(cfg.generator)
     constants = {
         "model_id": generator_model_id(cfg), "embedding_model": cfg.encoder.model,
@@ -173,20 +166,52 @@ def make_generate_stage(cfg: RagConfig) -> tuple[Callable[[Iterator["pd.DataFram
     }
     columns = stage2_schema().fieldNames()
     keep_prompt = cfg.answer.keep_prompt
+    abstained = make_abstention_rule(cfg.generator)  # on the driver: a bad pattern fails before any task
     step = max(cfg.generator.batch_size, 1)
+
+    def answer(rows: list[dict], model: Any) -> "pd.DataFrame":
+        import pandas as pd
+
+        answered = _isolated_answers(rows, model, extractive)
+        out = [_answer_row(r, g, constants, keep_prompt, ms, abstained) for r, (g, ms) in zip(rows, answered)]
+        return pd.DataFrame(out, columns=columns)
 
     def generate(batches: Iterator["pd.DataFrame"]) -> Iterator["pd.DataFrame"]:
         import pandas as pd
 
         model = factory()
-        for pdf in batches:
-            for lo in range(0, len(pdf), step):
-                rows = pdf.iloc[lo:lo + step].to_dict("records")
-                answered = _isolated_answers(rows, model, extractive)
-                out = [_answer_row(r, g, constants, keep_prompt, ms) for r, (g, ms) in zip(rows, answered)]
-                yield pd.DataFrame(out, columns=columns)
+        if extractive:
+            for pdf in batches:
+                for lo in range(0, len(pdf), step):
+                    yield answer(pdf.iloc[lo:lo + step].to_dict("records"), model)
+            return
+        frames = list(batches)
+        rows = pd.concat(frames, ignore_index=True).to_dict("records") if frames else []
+        if rows:
+            _pack_rows(rows, cfg, model)
+            yield answer(rows, model)
 
     return generate, _gpu_profile(cfg.generator.task_gpus)
+
+
+def _pack_rows(rows: list[dict], cfg: RagConfig, model: Any) -> None:
+    """Each live row's prompt in the model's style; the row keeps exactly the contexts it holds."""
+    from sparkrag.chat_prompt import pack_prompt
+
+    for row in rows:
+        if row["error"] is not None:
+            continue
+        ctxs = _seq(row["contexts"])
+        start = time.perf_counter()
+        try:
+            packed = pack_prompt(row["question"], _history(row["history"]), ctxs, model.tokenizer,
+                                 cfg=cfg.generator, style=model.style)
+        except Exception as exc:  # PromptTooLongError and friends: this row only
+            row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+            continue
+        row.update(prompt=packed.text, prompt_tokens=packed.prompt_tokens,
+                   contexts=[ctxs[k] for k in packed.used_contexts],
+                   retrieval_ms=(row["retrieval_ms"] or 0.0) + (time.perf_counter() - start) * 1000)
 
 
 def _isolated_answers(rows: list[dict], model: Any, extractive: bool) -> list[tuple[Any, float]]:
@@ -211,9 +236,8 @@ def _isolated_answers(rows: list[dict], model: Any, extractive: bool) -> list[tu
     return results
 
 
-def _answer_row(row: dict, gen: Any, constants: dict, keep_prompt: bool, gen_ms: float) -> dict:
-    from sparkrag.prompt import is_abstention
-
+def _answer_row(row: dict, gen: Any, constants: dict, keep_prompt: bool, gen_ms: float,
+                abstained: Callable[[str | None], bool]) -> dict:
     error = row["error"] or (gen.error if gen is not None else None)
     text = gen.text if gen is not None and gen.error is None else None
     prompt_tokens = row["prompt_tokens"]
@@ -222,7 +246,7 @@ def _answer_row(row: dict, gen: Any, constants: dict, keep_prompt: bool, gen_ms:
     contexts = row["contexts"]
     return {
         "question_id": row["question_id"], "question": row["question"], "history": _history(row["history"]),
-        "answer": text, "abstained": None if text is None else is_abstention(text),
+        "answer": text, "abstained": None if text is None else abstained(text),
         "contexts": list(contexts) if contexts is not None else None, "filters_json": row["filters_json"],
         "prompt": row["prompt"] if keep_prompt else None, **constants,
         "prompt_tokens": prompt_tokens, "completion_tokens": gen.completion_tokens if gen is not None else None,

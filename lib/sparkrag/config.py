@@ -274,23 +274,50 @@ class RetrievalConfig:
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    """The answer generator: ChatQA (any causal LM) or the extractive fallback."""
+    """The answer generator: a causal LM (ChatQA or any other) or the extractive fallback."""
 
-    kind: Literal["extractive", "chatqa"] = "extractive"  # extractive needs no LLM weights
+    # extractive needs no LLM weights; llm (alias chatqa, the historical name) is any causal LM
+    kind: Literal["extractive", "llm", "chatqa"] = "extractive"
+    # Hub id, local folder, a .gguf file, or a short name of an offline package ("smollm2")
     model: str = "nvidia/Llama3-ChatQA-1.5-8B"
+    # auto: ChatQA's own format for ChatQA models, else the tokenizer's chat template
+    # (ChatQA format when the tokenizer has none)
+    prompt_style: Literal["auto", "chatqa", "chat_template"] = "auto"
     max_new_tokens: int = 128  # as in the ChatQA model card
     max_prompt_tokens: int = 4096  # ChatRAG Bench keeps prompts within 4,096 tokens
-    batch_size: int = 16  # prompts per generate() call, sorted by length
+    batch_size: int = 64  # at most this many prompts per generate() call (also extractive rows per call)
+    # padded tokens (rows x (longest prompt + max_new_tokens)) per generate() call: batches are
+    # formed over a whole partition sorted by length, so short prompts share big batches
+    max_batch_tokens: int = 16384
     answer_style: Literal["short", "full"] = "short"  # which ChatQA instruction is added
     max_history_turns: int = 7  # ChatRAG Bench keeps the last 7 turns
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # abstention: the built-in "cannot answer" phrasings (ChatQA's sentence, SmolLM2's own
+    # words) plus these regexes, matched on the lower-cased first sentence of the answer
+    abstain_patterns: tuple[str, ...] = ()
+    abstain_builtin: bool = True  # false: only abstain_patterns (and empty answers) abstain
     # extractive: a sentence scoring below this cosine similarity to the question abstains
     extractive_threshold: float = 0.35
     extractive_sentences: int = 1  # best-scoring sentences joined into the answer
     # GPUs each generation task asks for through a Spark ResourceProfile (stage-level
-    # scheduling: retrieval keeps CPU tasks); 0: no profile (CPU, or local mode).
+    # scheduling: retrieval keeps CPU tasks); 0: no profile (CPU, or local mode). Whole
+    # numbers only: a fractional GPU would put several model copies on one GPU.
     task_gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.task_gpus < 0 or self.task_gpus != int(self.task_gpus):
+            raise ConfigError(
+                f"generator.task_gpus={self.task_gpus}: expected 0 or a whole number of GPUs per task; a "
+                "fractional GPU would load several copies of the model onto one GPU (one copy per task)")
+        for name in ("max_new_tokens", "max_batch_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"generator.{name}: expected a positive integer, got {getattr(self, name)}")
+
+    @property
+    def uses_llm(self) -> bool:
+        """Whether answers come from a causal LM (not the extractive answerer)."""
+        return self.kind != "extractive"
 
 
 @dataclass(frozen=True)
@@ -301,6 +328,9 @@ class TableNames:
     questions: str = "rag.questions"
     chunks: str = "rag.chunks"
     answers: str = "rag.answers"
+    # generated rows committed batch by batch while a run is in progress; the answers MERGE
+    # reads them, a rerun of a killed run reuses them, a finished run removes its own
+    answers_staging: str = "rag.answers_staging"
     runs: str = "rag.runs"  # one row per job run, shared by every job
     rejects: str = "rag.rejects"  # bad input rows with the reason, shared by every job
     metrics: str = "rag.metrics"  # evaluation results
@@ -342,6 +372,14 @@ class AnswerOptions:
     # How executors reach an embedded Chroma and the lexical index: ship a copy (clusters)
     # or open the paths directly (local mode / a shared disk). auto: shared on local masters.
     chroma_access: Literal["auto", "snapshot", "shared"] = "auto"
+    # above this share of rows with an error the run is recorded as failed and the job exits
+    # non-zero (the rows are kept): a model failing on every row must not look like success
+    max_error_rate: float = 0.05
+    # questions per staged commit: a killed run loses at most this many generated answers;
+    # each commit is a Spark job, so much smaller batches cost scheduling time
+    checkpoint_rows: int = 2048
+    # generation tasks (partitions); None: Spark's default parallelism. On GPU clusters: the GPU count
+    generate_partitions: int | None = None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ __all__ = [
     "VectorStoreError",
     "ModelContractError",
     "DependencyError",
+    "RunFailedError",
 ]
 
 
@@ -37,3 +38,7 @@ class ModelContractError(SparkragError):
 
 class DependencyError(SparkragError, ImportError):
     """An installed library is missing, or too old for the path asked for; the message names it and the fix."""
+
+
+class RunFailedError(SparkragError):
+    """A job ran to the end but too many of its rows failed (``answer.max_error_rate``); its rows are kept."""

@@ -35,7 +35,6 @@ prepends BOS by itself, so prompts are encoded as the BOS id followed by the tex
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence, Union
 
@@ -321,43 +320,5 @@ def _fit_conversation(
     )
 
 
-_APOLOGY = re.compile(r"^(assistant )?((im |i am )?sorry|unfortunately|apologies|my apologies)\b ?")
-_ABSTAIN_PATTERNS = [
-    re.compile(p)
-    for p in (
-        r"\b(cannot|can not|cant|could not|couldnt|unable to|not able to) (find|locate|determine|identify)\b"
-        r".*\b(answer|information|context|passage|document|text)\b",
-        r"\b(answer|information) (is not|isnt|cannot be|can not be|could not be|was not) "
-        r"(found|available|provided|mentioned|given)\b",
-        r"\bnot (mentioned|provided|stated|given|specified|found|available) in the "
-        r"(given |provided )?(context|passage|document|text)s?\b",
-        r"\b(context|passage|document|text)s? (does not|doesnt|do not|dont) (contain|provide|mention|say|specify)\b",
-    )
-]
-
-
-def is_abstention(answer: str | None) -> bool:
-    """Whether an answer says the context lacks the answer (or is empty).
-
-    Case, punctuation, an "Assistant:" prefix and an opening apology ("Sorry.",
-    "Unfortunately,") are ignored; the first sentence after the apology is matched against
-    phrasings like ChatQA's :data:`ABSTAIN_TEXT` and "the answer cannot be found in the
-    context". Later sentences are not looked at, so "Paris. The context does not mention
-    the year." is an answer.
-
-    Example:
-        >>> is_abstention("sorry, I can't find the answer based on the context")
-        True
-        >>> is_abstention("Paris")
-        False
-    """
-    if answer is None or not answer.strip():
-        return True
-    text = answer.lower().replace("\u2019", "'").replace("'", "")
-    text = " ".join(re.sub(r"[^a-z0-9.!?]+", " ", text).split())
-    text = _APOLOGY.sub("", text.replace(".", " . ").replace("!", " . ").replace("?", " . "))
-    text = " ".join(text.split()).lstrip(". ")
-    first = text.split(" . ", 1)[0].strip(" .")
-    if not first:
-        return True  # nothing but "Sorry." or punctuation
-    return any(p.search(first) for p in _ABSTAIN_PATTERNS)
+# The abstention rule lives with the generators' other output checks; re-exported for callers.
+from sparkrag.abstain import is_abstention  # noqa: E402

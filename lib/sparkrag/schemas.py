@@ -30,6 +30,7 @@ __all__ = [
     "REJECTS_SCHEMA",
     "RUNS_SCHEMA",
     "ANSWERS_SCHEMA",
+    "STAGED_ANSWERS_SCHEMA",
     "CONTEXT_STRUCT",
     "TURN_STRUCT",
     "require_columns",
@@ -129,6 +130,12 @@ ANSWERS_SCHEMA = _schema(
     ("run_id", StringType(), False),
     ("created_at", TimestampType(), False),
 )
+
+# Answers committed batch by batch while a run is in progress (sparkrag.answer_staging).
+STAGED_ANSWERS_SCHEMA = StructType(ANSWERS_SCHEMA.fields + [
+    StructField("batch", IntegerType(), False),  # the staged commit's txnVersion within the run
+    StructField("config_fingerprint", StringType(), False),  # settings the row was generated under
+])
 
 
 def require_columns(columns: list[str] | StructType, required: dict[str, str], *, where: str) -> None:
