@@ -19,10 +19,11 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
-import tempfile
 import time
+import uuid
 from typing import TYPE_CHECKING, Any, Literal
 
 from sparkrag.config import TablesConfig
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 Backend = Literal["native", "delta-rs"]
 _NAME = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*){0,2}$")
+_MERGE_STAGING = "_sparkrag_staging"  # delta-rs merges stage their source here, inside the table folder
 
 
 def detect_backend(spark: "SparkSession", preference: str = "auto") -> Backend:
@@ -83,7 +85,12 @@ class Tables:
     def location(self, table: str) -> str:
         """Where the table's files are (delta-rs), or its catalog name / path (native)."""
         if not self.is_name(table):
-            return table
+            if self.backend == "native":
+                return table
+            from sparkrag.delta_source import absolute_path
+
+            # Resolved here, on the driver: executors' working directories differ on a cluster.
+            return absolute_path(table)
         if self.backend == "native":
             return table
         import os
@@ -268,7 +275,7 @@ class Tables:
         import pyarrow.dataset as pads
         from deltalake.exceptions import CommitFailedError
 
-        staging = tempfile.mkdtemp(prefix="sparkrag-merge-")
+        staging = self._merge_staging_dir(table)
         try:
             # Stream the source from staged parquet rather than collecting it to the driver.
             source.write.mode("overwrite").parquet(staging)
@@ -292,7 +299,20 @@ class Tables:
                     time.sleep(min(0.2 * 2**attempt, 5.0))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            try:
+                os.rmdir(os.path.dirname(staging))  # only when no other merge is staging there
+            except OSError:
+                pass
         raise AssertionError("unreachable")
+
+    def _merge_staging_dir(self, table: str) -> str:
+        """A fresh folder for a merge's source, inside the target table's own folder.
+
+        The executors write the source there and the driver streams it into delta-rs, so
+        it must be on storage both reach; the table's folder is (the driver's ``/tmp`` is
+        not, on a cluster: issue 12). Delta readers ignore ``_``-prefixed folders.
+        """
+        return os.path.join(self.location(table), _MERGE_STAGING, uuid.uuid4().hex)
 
     def delete_where(self, table: str, predicate: str) -> dict[str, Any]:
         """Delete the rows matching a SQL ``predicate`` (Spark SQL / DataFusion common subset)."""
