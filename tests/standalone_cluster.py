@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
+
+from chroma_server import free_port
 
 __all__ = ["StandaloneCluster", "cluster_unavailable", "default_spark_home"]
 
@@ -98,7 +99,7 @@ class StandaloneCluster:
         try:
             # Master and workers start together (JVM start-up dominates on a busy machine):
             # the master's port is chosen here, and workers retry until it listens.
-            self.master_url = f"spark://{HOST}:{_free_port()}"
+            self.master_url = f"spark://{HOST}:{free_port()}"
             self._start_master()
             for i in range(self.workers):
                 self._start_worker(i)
@@ -250,12 +251,6 @@ class StandaloneCluster:
             return path.read_text(errors="replace")[-limit:]
         except OSError as exc:
             return f"<{exc}>"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def _quote(arg: str) -> str:
