@@ -134,7 +134,7 @@ def test_ingest_answer_evaluate_on_a_two_worker_cluster(stack):
             assert out.returncode == 0, f"{driver_log.read_text(errors='replace')[-6000:]}\n{cluster.logs()}"
         result = json.loads((shared / "result.json").read_text(encoding="utf-8"))
         _check_cluster(result["probe"], cluster)
-        _check_jobs(result["jobs"], len(docs), len(questions))
+        _check_jobs(result["jobs"], len(docs), len(questions), shared)
         _check_tables(shared / "tables", docs, questions)
         _check_indexes(shared)
     finally:
@@ -144,7 +144,7 @@ def test_ingest_answer_evaluate_on_a_two_worker_cluster(stack):
 
 def _check_cluster(probe: dict, cluster: StandaloneCluster) -> None:
     assert probe["master"] == cluster.master_url
-    workers = {Path(d).parents[1].name for d in probe["task_dirs"]}
+    workers = {Path(d).parents[2].name for d in probe["task_dirs"]}
     assert workers == {"worker0", "worker1"}, probe["task_dirs"]  # both "nodes" ran tasks
     assert probe["driver_saw_own_tmp"] and not probe["tasks_saw_driver_tmp"], probe
     assert probe["tasks_saw_shared"], probe
@@ -152,18 +152,20 @@ def _check_cluster(probe: dict, cluster: StandaloneCluster) -> None:
     assert probe["default_parallelism_conf"] is None and probe["default_parallelism"] == 2, probe
 
 
-def _check_jobs(jobs: list[dict], n_docs: int, n_questions: int) -> None:
+def _check_jobs(jobs: list[dict], n_docs: int, n_questions: int, root: Path) -> None:
     assert [j["job"] for j in jobs] == ["ingest", "answer", "answer", "evaluate"]
-    assert all(j["record"]["status"] == "succeeded" for j in jobs), [j["record"].get("error") for j in jobs]
     ingest, snapshot, shared, evaluate = (j["record"] for j in jobs)
+    # (the evaluate record has no status: its run row is checked in _check_tables)
+    assert all(r["status"] == "succeeded" for r in (ingest, snapshot, shared)), [j["record"].get("error") for j in jobs]
     assert ingest["counts"]["documents_new"] == n_docs and ingest["counts"]["chunks_embedded"] > 0, ingest["counts"]
     for run in (snapshot, shared):
         assert run["counts"]["answers"] == n_questions and run["counts"]["errors"] == 0, run["counts"]
     assert evaluate["run_id"] == "mn-shared"
     assert evaluate["counts"]["evaluated"] == n_questions, evaluate["counts"]
     assert evaluate["metrics"]["recall@5"] > 0.5, evaluate["metrics"]
-    assert 0 <= evaluate["metrics"]["ann_recall@10"] <= 1, evaluate["metrics"]
-    assert Path(evaluate["report"]["report.md"]).is_file()
+    ann = [v for k, v in evaluate["metrics"].items() if k.startswith("ann_recall@")]  # @min(10, chunks)
+    assert len(ann) == 1 and 0 <= ann[0] <= 1, evaluate["metrics"]
+    assert (root / evaluate["report"]["report.md"]).is_file()  # relative to the driver's directory
 
 
 def _check_tables(tables: Path, docs: list[dict], questions: list[dict]) -> None:
