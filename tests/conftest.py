@@ -19,6 +19,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 ROOT = Path(__file__).resolve().parents[1]
+# Which Spark + Delta stack this run is on (`make test STACK=...` sets it; see
+# resources/stacks/stacks.py): delta-rs, spark4-native or spark3.5-native.
+STACK = os.environ.get("SPARKRAG_STACK", "delta-rs")
+NATIVE = STACK != "delta-rs"
 
 
 def pytest_addoption(parser):
@@ -28,6 +32,7 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running; opt in with --run-slow")
     config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU; skipped without one")
+    config.addinivalue_line("markers", "delta_rs_only: tests the delta-rs backend itself; skipped on native stacks")
     # Collections made with embedding_function=None warn on every configuration read.
     config.addinivalue_line("filterwarnings", "ignore:legacy embedding function config:DeprecationWarning")
 
@@ -45,6 +50,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="slow: pass --run-slow"))
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU"))
+        if "delta_rs_only" in item.keywords and NATIVE:
+            item.add_marker(pytest.mark.skip(reason=f"delta-rs backend only; this is STACK={STACK}"))
 
 
 @pytest.fixture(scope="session")
@@ -61,8 +68,23 @@ def spark(tmp_path_factory):
             conf={"spark.sql.warehouse.dir": str(warehouse), "spark.driver.memory": "2g"},
         )
     )
+    _check_stack(session)
     yield session
     session.stop()
+
+
+def _check_stack(session) -> None:
+    """A run that claims a stack must be on it: a missing jar must not fall back to delta-rs."""
+    from sparkrag.tables import detect_backend
+
+    backend = detect_backend(session)
+    assert backend == ("native" if NATIVE else "delta-rs"), f"STACK={STACK} but the Delta backend is {backend}"
+    assert (STACK == "spark3.5-native") == session.version.startswith("3.5."), (STACK, session.version)
+
+
+@pytest.fixture(scope="session")
+def stack() -> str:
+    return STACK
 
 
 @pytest.fixture(scope="session")

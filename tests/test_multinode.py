@@ -11,7 +11,7 @@ executors start, and load their models, once). The test process starts no Spark 
 
 Stacks: :func:`stack_settings` says how to run on each (the native-Delta stacks add their
 jars through ``SPARK_CONF_DIR``, spark3.5 a pyspark overlay on ``PYTHONPATH`` and that
-pyspark's ``SPARK_HOME``); ``SPARKRAG_STACK`` picks the stack, as for the other tests.
+pyspark's ``SPARK_HOME``); the stack is conftest's (``make test STACK=...``).
 """
 
 from __future__ import annotations
@@ -55,10 +55,6 @@ def stack_settings(stack: str) -> dict:
     probe = subprocess.run([sys.executable, "-c", "import os, pyspark; print(os.path.dirname(pyspark.__file__))"],
                            env={**os.environ, **env}, capture_output=True, text=True, check=True)
     return {"conf": {}, "env": env, "spark_home": probe.stdout.strip(), "backend": "native"}
-
-
-# The stack under test: SPARKRAG_STACK (set by `make test STACK=...`), else the default.
-STACKS = [os.environ.get("SPARKRAG_STACK") or "delta-rs"]
 
 
 def _shared_base() -> Path:
@@ -108,12 +104,8 @@ def _plan(shared: Path, backend: str) -> dict:
     }
 
 
-@pytest.fixture(params=STACKS)
-def stack(request) -> dict:
-    return stack_settings(request.param)
-
-
-def test_ingest_answer_evaluate_on_a_two_worker_cluster(stack):
+def test_ingest_answer_evaluate_on_a_two_worker_cluster(stack):  # conftest's stack: `make test STACK=...`
+    stack = stack_settings(stack)
     shared = _shared_base()
     reason = cluster_unavailable(str(ROOT), str(shared))
     if reason:

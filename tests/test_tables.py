@@ -47,6 +47,7 @@ def _deltars_rows(path: str) -> list[dict]:
     return sorted(DeltaTable(path).to_pyarrow_table().to_pylist(), key=lambda r: r["id"])
 
 
+@pytest.mark.delta_rs_only
 def test_backend_is_delta_rs_without_the_connector(tables):
     assert tables.backend == "delta-rs"
 
@@ -154,6 +155,7 @@ def test_wrong_schema_is_refused_and_table_unchanged(spark, tables, tmp_path, ba
     assert len(_deltars_rows(path)) == 2
 
 
+@pytest.mark.delta_rs_only
 def test_data_source_refuses_wrong_schema_at_commit(spark, tables, tmp_path):
     """Job code calling df.write.format('delta') directly gets the same protection."""
     path = str(tmp_path / "t")

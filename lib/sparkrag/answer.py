@@ -90,6 +90,7 @@ def _answer(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
     from pyspark.sql import functions as F
 
     from sparkrag.answer_stages import make_generate_stage, make_retrieve_stage, stage1_schema, stage2_schema
+    from sparkrag.spark import map_in_pandas
 
     names = cfg.names
     rec.input_versions[names.questions] = tables.version(names.questions)
@@ -112,7 +113,7 @@ def _answer(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
     generate, profile = make_generate_stage(cfg)
     # The repartition is the stage boundary that lets generation run under its own
     # ResourceProfile (GPU tasks) while retrieval runs on CPU tasks.
-    stage2 = stage1.repartition(parallelism).mapInPandas(generate, stage2_schema(), profile=profile)
+    stage2 = map_in_pandas(stage1.repartition(parallelism), generate, stage2_schema(), profile=profile)
     out = (stage2.withColumn("run_id", F.lit(rec.run_id)).withColumn("created_at", F.current_timestamp())
            .select(*[F.col(f.name).cast(f.dataType) for f in ANSWERS_SCHEMA.fields]))
     with rec.stage("retrieve_generate_write", spark):

@@ -155,9 +155,11 @@ def _shard_count(cfg: RagConfig, existing: int | None, n_chunks: int, parallelis
 
 def _desired(keyed: "DataFrame | None", n: int) -> tuple[list[str], list[int]]:
     """Per shard: the fingerprint and count of the table's (chunk_id, doc_hash) pairs."""
+    from sparkrag.spark import collect_arrow
+
     pairs: list[dict[str, str]] = [{} for _ in range(n)]
     if keyed is not None:
-        table = keyed.select("chunk_id", "doc_hash", "_shard").toArrow()
+        table = collect_arrow(keyed.select("chunk_id", "doc_hash", "_shard"))
         for cid, h, s in zip(*(table.column(c).to_pylist() for c in ("chunk_id", "doc_hash", "_shard"))):
             pairs[s][cid] = h
     return [shard_fingerprint(p) for p in pairs], [len(p) for p in pairs]

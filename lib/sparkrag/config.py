@@ -61,9 +61,13 @@ class TablesConfig:
     # auto: the JVM connector when Spark has it (Databricks, --packages io.delta:...),
     # else delta-rs. Forcing one is for clusters where detection guesses wrong.
     backend: Literal["auto", "native", "delta-rs"] = "auto"
-    # Catalog-style names (``schema.table``) resolve under this folder on delta-rs,
-    # which has no metastore; native Delta uses the Spark catalog instead.
+    # Catalog-style names (``schema.table``) resolve under this folder on delta-rs, which
+    # has no metastore, and on native Delta without a persistent catalog (see catalog).
     root: str = "data/tables"
+    # Where catalog-style names live on the native backend. auto: the Spark catalog when it
+    # is persistent (Unity Catalog, a Hive metastore), else under root (a local session's
+    # in-memory catalog forgets its tables at exit); spark / root force one.
+    catalog: Literal["auto", "spark", "root"] = "auto"
     commit_retries: int = 5  # concurrent writers conflict; retry with backoff
 
 

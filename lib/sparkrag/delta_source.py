@@ -35,9 +35,10 @@ from pyspark.sql.datasource import (
 )
 from pyspark.sql.types import StructType
 
-from sparkrag.errors import SchemaError, TableError
+from sparkrag.errors import TableError
+from sparkrag.schemas import check_schema
 
-__all__ = ["DeltaRsDataSource", "spark_schema_of", "check_schema", "table_needs_scan", "absolute_path"]
+__all__ = ["DeltaRsDataSource", "spark_schema_of", "table_needs_scan", "absolute_path"]
 
 _COMMIT_RETRIES = 5
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # s3://, abfss://, file:/, dbfs:/
@@ -81,46 +82,6 @@ def table_needs_scan(delta_table: Any) -> bool:
     # Any table that may carry deletion vectors is scanned: delta-rs never writes them,
     # so such tables come from Spark/Databricks, and a plain read would resurrect rows.
     return "deletionVectors" in set(delta_table.protocol().reader_features or [])
-
-
-def _simple(dtype: Any) -> str:
-    return dtype.simpleString()
-
-
-def _denull(value: Any) -> Any:
-    """A type's JSON with every nullability flag set, so types compare by shape alone."""
-    if isinstance(value, dict):
-        flags = ("nullable", "containsNull", "valueContainsNull")
-        return {k: (True if k in flags else _denull(v)) for k, v in value.items() if k != "metadata"}
-    if isinstance(value, list):
-        return [_denull(v) for v in value]
-    return value
-
-
-def check_schema(table_schema: StructType, data_schema: StructType, *, table: str) -> None:
-    """Refuse data whose columns or types differ from the table's (nullability aside).
-
-    delta-rs's transaction API validates nothing: a wrong type reads back as null and an
-    extra column vanishes. So every commit is checked here first.
-
-    Raises:
-        SchemaError: naming each column that is missing, extra or of another type.
-    """
-    table_fields = {f.name: f for f in table_schema.fields}
-    data_fields = {f.name: f for f in data_schema.fields}
-    problems = []
-    for name, f in data_fields.items():
-        if name not in table_fields:
-            problems.append(f"column {name!r} is not in the table")
-        elif _denull(f.dataType.jsonValue()) != _denull(table_fields[name].dataType.jsonValue()):
-            problems.append(
-                f"column {name!r}: table has {_simple(table_fields[name].dataType)}, data has {_simple(f.dataType)}"
-            )
-    for name in table_fields:
-        if name not in data_fields:
-            problems.append(f"column {name!r} is missing from the data")
-    if problems:
-        raise SchemaError(f"refusing to write to {table}: " + "; ".join(problems))
 
 
 class DeltaRsDataSource(DataSource):

@@ -223,12 +223,15 @@ def _plan_counts(current: "DataFrame", existing: "DataFrame", rejected_ids: "Dat
         F.max(cur).alias("has_cur"), F.max(cur & old).alias("same"), F.max(old).alias("had"),
         F.max(rej).alias("rej"), F.sum((old & ~cur & ~rej).cast("long")).alias("stale"))
     has_cur, same, had, rejected = (F.col(c) for c in ("has_cur", "same", "had", "rej"))
+    def count_if(cond):  # F.count_if is Spark 3.5+; a sum of 0/1 works on every Spark
+        return F.coalesce(F.sum(cond.cast("long")), F.lit(0))
+
     row = per_doc.agg(
-        F.count_if(has_cur).alias("documents_valid"),
-        F.count_if(has_cur & ~same & ~had).alias("documents_new"),
-        F.count_if(has_cur & ~same & had).alias("documents_changed"),
-        F.count_if(same).alias("documents_unchanged"),
-        F.count_if(~has_cur & had & ~rejected).alias("documents_deleted"),
+        count_if(has_cur).alias("documents_valid"),
+        count_if(has_cur & ~same & ~had).alias("documents_new"),
+        count_if(has_cur & ~same & had).alias("documents_changed"),
+        count_if(same).alias("documents_unchanged"),
+        count_if(~has_cur & had & ~rejected).alias("documents_deleted"),
         F.coalesce(F.sum("stale"), F.lit(0)).alias("stale_pairs"),
     ).first()
     return {k: int(v) for k, v in row.asDict().items()}

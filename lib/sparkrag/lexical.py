@@ -259,11 +259,12 @@ def sync_lexical_index(chunks: "DataFrame | None", cfg: LexicalConfig, *, chunks
 def _chunk_rows(chunks: "DataFrame | None") -> tuple[list[str], list[str], list[dict[str, Any]]]:
     """chunk ids, texts and the metadata Chroma stores for them (doc_hash included, as the sync does)."""
     from sparkrag.chroma_sync import chroma_rows
+    from sparkrag.spark import collect_arrow
     from sparkrag.vectorstore import to_chroma_metadata
 
     if chunks is None:
         return [], [], []
-    rows = chroma_rows(chunks).select("chunk_id", "text", "doc_id", "chunk_index", "title", "metadata").toArrow()
+    rows = collect_arrow(chroma_rows(chunks).select("chunk_id", "text", "doc_id", "chunk_index", "title", "metadata"))
     rows = rows.to_pydict()
     metas = [to_chroma_metadata(d, i, t, dict(m or ()))  # Arrow maps arrive as lists of pairs
              for d, i, t, m in zip(rows["doc_id"], rows["chunk_index"], rows["title"], rows["metadata"])]

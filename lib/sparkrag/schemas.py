@@ -6,6 +6,8 @@ lineage: ``run_id``, a model id column and ``created_at``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pyspark.sql.types import (
     ArrayType,
     BooleanType,
@@ -31,6 +33,7 @@ __all__ = [
     "CONTEXT_STRUCT",
     "TURN_STRUCT",
     "require_columns",
+    "check_schema",
 ]
 
 STR_MAP = MapType(StringType(), StringType())
@@ -143,3 +146,40 @@ def require_columns(columns: list[str] | StructType, required: dict[str, str], *
     missing = [f"{col!r} ({why})" for col, why in required.items() if col not in names]
     if missing:
         raise SchemaError(f"{where}: missing column(s) {', '.join(missing)}; found {sorted(names)}")
+
+
+def _denull(value: Any) -> Any:
+    """A type's JSON with every nullability flag set, so types compare by shape alone."""
+    if isinstance(value, dict):
+        flags = ("nullable", "containsNull", "valueContainsNull")
+        return {k: (True if k in flags else _denull(v)) for k, v in value.items() if k != "metadata"}
+    if isinstance(value, list):
+        return [_denull(v) for v in value]
+    return value
+
+
+def check_schema(table_schema: StructType, data_schema: StructType, *, table: str) -> None:
+    """Refuse data whose columns or types differ from the table's (nullability aside).
+
+    delta-rs's transaction API validates nothing (a wrong type reads back as null and an
+    extra column vanishes), and the native connector's own errors name no column, so every
+    write and merge is checked here first, on both backends.
+
+    Raises:
+        SchemaError: naming each column that is missing, extra or of another type.
+    """
+    table_fields = {f.name: f for f in table_schema.fields}
+    data_fields = {f.name: f for f in data_schema.fields}
+    problems = []
+    for name, f in data_fields.items():
+        if name not in table_fields:
+            problems.append(f"column {name!r} is not in the table")
+        elif _denull(f.dataType.jsonValue()) != _denull(table_fields[name].dataType.jsonValue()):
+            problems.append(
+                f"column {name!r}: table has {table_fields[name].dataType.simpleString()}, "
+                f"data has {f.dataType.simpleString()}")
+    for name in table_fields:
+        if name not in data_fields:
+            problems.append(f"column {name!r} is missing from the data")
+    if problems:
+        raise SchemaError(f"refusing to write to {table}: " + "; ".join(problems))

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from sparkrag.config import SparkConfig
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    import pyarrow as pa
+    from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["get_spark", "is_local_master", "task_gpu_index", "ships_copies", "ship_archive"]
+__all__ = ["get_spark", "is_local_master", "task_gpu_index", "ships_copies", "ship_archive", "collect_arrow",
+           "map_in_pandas"]
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +129,36 @@ def ship_archive(spark: "SparkSession", archive: str) -> None:
         context.addArchive(archive)
     else:
         spark.addArtifacts(archive, archive=True)
+
+
+# -- what differs between Spark 3.5 and 4.x: detected by capability, not by version -----
+
+def collect_arrow(df: "DataFrame") -> "pa.Table":
+    """``df`` on the driver as a pyarrow Table (``DataFrame.toArrow`` is Spark 4.0+).
+
+    Only for results bounded by design (per-shard summaries, small lookups).
+    """
+    if hasattr(df, "toArrow"):
+        return df.toArrow()
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    # Spark 3.x: the Arrow collect behind toPandas(), without the pandas detour.
+    batches = df._collect_as_arrow()
+    return pa.Table.from_batches(batches, schema=None if batches else to_arrow_schema(df.schema))
+
+
+def map_in_pandas(df: "DataFrame", fn: Callable[..., Any], schema: Any, *, profile: Any = None) -> "DataFrame":
+    """``df.mapInPandas(fn, schema)`` in a stage with ``profile`` (a ResourceProfile) when given.
+
+    ``mapInPandas(profile=)`` is Spark 4.0+. Without it (Spark 3.5: Databricks 15.4/16.4 LTS)
+    the tasks get the cluster-wide ``spark.task.resource.gpu.amount`` instead, which is how
+    GPU job clusters on those runtimes are configured.
+    """
+    if profile is None:
+        return df.mapInPandas(fn, schema)
+    if "profile" not in inspect.signature(df.mapInPandas).parameters:
+        log.warning("this Spark (%s) cannot give one stage its own ResourceProfile: generation tasks use the "
+                    "cluster's spark.task.resource.gpu.amount", df.sparkSession.version)
+        return df.mapInPandas(fn, schema)
+    return df.mapInPandas(fn, schema, profile=profile)

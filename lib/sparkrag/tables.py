@@ -1,14 +1,15 @@
-"""Delta read/write/merge/delete/history: the native connector when Spark has it, delta-rs when not.
+"""Delta read/write/merge/delete/history: one interface, two backends chosen once per session.
 
-One API, two backends, chosen at run time (``TablesConfig.backend``):
+- ``native`` (:mod:`sparkrag.delta_native`): the Delta Lake connector is in the JVM
+  (Databricks; ``--packages io.delta:delta-spark_2.13:<v>``; our ``STACK=*-native``).
+  Merges and deletes are Delta SQL.
+- ``delta-rs`` (:mod:`sparkrag.delta_rs`): the ``deltalake`` package, for a Spark 4
+  without the connector. ``format("delta")`` is served by :mod:`sparkrag.delta_source`.
 
-- ``native``: the Delta Lake connector is on the classpath (Databricks;
-  ``spark-submit --packages io.delta:delta-spark_2.13:<v>``). Catalog names go through the
-  Spark catalog; merges and deletes are Delta SQL.
-- ``delta-rs``: the ``deltalake`` package. ``format("delta")`` is served by
-  :mod:`sparkrag.delta_source`; merges and deletes run in delta-rs on the driver, streaming
-  the source from staged parquet. Catalog-style names resolve to folders under
-  ``TablesConfig.root`` (delta-rs has no metastore).
+Catalog-style names (``rag.chunks``, ``main.rag.chunks``, ``dev-cat.rag.chunks``) go
+through the Spark catalog when the session has a persistent one (Hive metastore, Unity
+Catalog); otherwise (delta-rs, a local session's in-memory catalog, which forgets its
+tables when the process ends) they resolve to folders under ``TablesConfig.root``.
 
 Example:
     >>> tables = open_tables(spark, TablesConfig())            # doctest: +SKIP
@@ -21,34 +22,72 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import time
-import uuid
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Literal
 
 from sparkrag.config import TablesConfig
 from sparkrag.errors import SchemaError, TableError
+from sparkrag.schemas import check_schema
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import DataType
 
-__all__ = ["Tables", "open_tables", "detect_backend"]
+__all__ = ["Tables", "open_tables", "detect_backend", "split_name"]
 
 log = logging.getLogger(__name__)
 
 Backend = Literal["native", "delta-rs"]
-_NAME = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*){0,2}$")
-_MERGE_STAGING = "_sparkrag_staging"  # delta-rs merges stage their source here, inside the table folder
+# One name part: a plain identifier (hyphens allowed, as Unity Catalog names have them) or
+# a backquoted one. One to three parts: table, schema.table, catalog.schema.table.
+_PART = r"(?:`[^`]+`|[A-Za-z_][\w-]*)"
+_NAME = re.compile(rf"^{_PART}(?:\.{_PART}){{0,2}}$")
+_PART_RE = re.compile(_PART)
+
+
+def split_name(table: str) -> list[str] | None:
+    """The parts of a catalog name without quotes, or None when ``table`` is a path."""
+    if "/" in table or ":" in table or not _NAME.match(table):
+        return None
+    return [p.strip("`") for p in _PART_RE.findall(table)]
+
+
+def _has_python_data_sources(spark: "SparkSession") -> bool:
+    return hasattr(spark, "dataSource")  # Spark 4.0+
+
+
+def _has_delta_connector(spark: "SparkSession") -> bool:
+    """Whether ``format("delta")`` resolves to a JVM data source (without registering ours)."""
+    probe = f"/nonexistent/sparkrag-delta-probe-{os.getpid()}"
+    try:
+        spark.read.format("delta").load(probe)
+    except Exception as exc:  # AnalysisException either way; only its kind tells them apart
+        text = str(exc)
+        return not ("DATA_SOURCE_NOT_FOUND" in text or "Failed to find data source" in text)
+    return True
 
 
 def detect_backend(spark: "SparkSession", preference: str = "auto") -> Backend:
     """Pick the Delta backend and make ``format("delta")`` work on it.
 
-    Registering the delta-rs data source under the name ``delta`` fails with
-    ``DATA_SOURCE_ALREADY_EXISTS`` exactly when the JVM connector provides ``delta``; that
-    failure is the detection (a py4j class lookup does not see ``spark.jars`` classes).
+    On Spark 4, registering the delta-rs data source under the name ``delta`` fails with
+    ``DATA_SOURCE_ALREADY_EXISTS`` exactly when the JVM connector provides ``delta`` (a
+    py4j class lookup does not see ``spark.jars`` classes). A Spark without Python data
+    sources (3.5) must have the connector.
+
+    Raises:
+        TableError: the backend asked for cannot work on this Spark.
     """
     if preference == "native":
+        return "native"
+    if not _has_python_data_sources(spark):
+        if preference == "delta-rs":
+            raise TableError(f"tables.backend=delta-rs needs Python data sources (Spark 4.0+); this is Spark "
+                             f"{spark.version}: use tables.backend=native with the Delta connector")
+        if not _has_delta_connector(spark):
+            raise TableError(f"Spark {spark.version} has no Delta Lake connector and no Python data sources: "
+                             "add io.delta:delta-spark_2.12:3.x (spark.jars.packages) or use pyspark 4")
         return "native"
     from sparkrag.delta_source import DeltaRsDataSource
 
@@ -67,110 +106,85 @@ def open_tables(spark: "SparkSession", cfg: TablesConfig | None = None) -> "Tabl
     """The Delta I/O layer for this session (backend detected once)."""
     cfg = cfg or TablesConfig()
     backend = detect_backend(spark, cfg.backend)
-    log.info("Delta backend: %s", backend)
-    return Tables(spark, cfg, backend)
+    if backend == "native":
+        from sparkrag.delta_native import NativeTables as impl
+    else:
+        from sparkrag.delta_rs import DeltaRsTables as impl  # type: ignore[assignment]
+    tables = impl(spark, cfg)
+    log.info("Delta backend: %s (catalog names %s)", backend,
+             "in the Spark catalog" if tables.uses_catalog else f"under {cfg.root}")
+    return tables
 
 
-class Tables:
-    """Read, append, overwrite, merge, delete and inspect Delta tables by path or name."""
+class Tables(ABC):
+    """Read, append, overwrite, merge, delete and inspect Delta tables by path or name.
 
-    def __init__(self, spark: "SparkSession", cfg: TablesConfig, backend: Backend) -> None:
-        self.spark, self.cfg, self.backend = spark, cfg, backend
+    Merge and delete results use one set of metric names on both backends:
+    ``num_target_rows_inserted/updated/deleted``, ``num_target_files_added/removed``
+    (merge) and ``num_deleted_rows`` (delete).
+    """
+
+    backend: Backend
+
+    def __init__(self, spark: "SparkSession", cfg: TablesConfig) -> None:
+        self.spark, self.cfg = spark, cfg
+        self.uses_catalog = self._persistent_catalog()
+
+    def _persistent_catalog(self) -> bool:
+        return False
 
     # -- naming -----------------------------------------------------------------------
     def is_name(self, table: str) -> bool:
-        """A catalog name (``schema.table``) rather than a path."""
-        return bool(_NAME.match(table)) and "/" not in table
+        """A catalog-style name (``schema.table``) rather than a path."""
+        return split_name(table) is not None
+
+    def is_catalog_table(self, table: str) -> bool:
+        """A name the Spark catalog resolves (else: a path, or a name under ``root``)."""
+        return self.uses_catalog and self.is_name(table)
 
     def location(self, table: str) -> str:
-        """Where the table's files are (delta-rs), or its catalog name / path (native)."""
-        if not self.is_name(table):
-            if self.backend == "native":
-                return table
-            from sparkrag.delta_source import absolute_path
-
-            # Resolved here, on the driver: executors' working directories differ on a cluster.
-            return absolute_path(table)
-        if self.backend == "native":
+        """Where the table is: its path, or its catalog name when the catalog resolves it."""
+        parts = split_name(table)
+        if parts is None or self.uses_catalog:
             return table
-        import os
+        return os.path.abspath(os.path.join(self.cfg.root, *parts))
 
-        return os.path.abspath(os.path.join(self.cfg.root, *table.split(".")))
-
-    def _sql_ref(self, table: str) -> str:
-        return table if self.is_name(table) else f"delta.`{table}`"
+    def sql_ref(self, table: str) -> str:
+        """The table in Spark SQL: a quoted catalog name or ``delta.`path```."""
+        if self.is_catalog_table(table):
+            return ".".join(f"`{p}`" for p in split_name(table) or [])
+        return f"delta.`{self.location(table)}`"
 
     # -- inspect ----------------------------------------------------------------------
+    @abstractmethod
     def exists(self, table: str) -> bool:
-        if self.backend == "native":
-            if self.is_name(table):
-                return bool(self.spark.catalog.tableExists(table))
-            from delta.tables import DeltaTable as NativeDeltaTable
+        """Whether a Delta table is there."""
 
-            return bool(NativeDeltaTable.isDeltaTable(self.spark, table))
-        from deltalake import DeltaTable
-
-        return DeltaTable.is_deltatable(self.location(table))
-
+    @abstractmethod
     def version(self, table: str) -> int | None:
         """The latest version, or None when the table does not exist."""
-        if not self.exists(table):
-            return None
-        if self.backend == "native":
-            return int(self.spark.sql(f"DESCRIBE HISTORY {self._sql_ref(table)} LIMIT 1").first()["version"])
-        return self._delta(table).version()
 
+    @abstractmethod
     def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Commits newest first: version, timestamp, operation, operationParameters, ..."""
-        if self.backend == "native":
-            rows = self.spark.sql(f"DESCRIBE HISTORY {self._sql_ref(table)}" + (f" LIMIT {limit}" if limit else ""))
-            return [r.asDict(recursive=True) for r in rows.collect()]
-        return self._delta(table).history(limit)
 
     def schema(self, table: str):
         """The table's Spark schema."""
-        if self.backend == "native":
-            return self.read(table).schema
-        from sparkrag.delta_source import spark_schema_of
+        return self.read(table).schema
 
-        return spark_schema_of(self._delta(table))
-
-    def _delta(self, table: str, version: int | None = None):
-        from deltalake import DeltaTable
-
-        path = self.location(table)
-        if not DeltaTable.is_deltatable(path):
-            raise TableError(f"no Delta table at {path}" + (f" (table {table})" if path != table else ""))
-        return DeltaTable(path, version=version) if version is not None else DeltaTable(path)
-
-    # -- read -------------------------------------------------------------------------
+    # -- read / write -----------------------------------------------------------------
+    @abstractmethod
     def read(self, table: str, *, version: int | None = None) -> "DataFrame":
         """The table (at ``version``) as a DataFrame.
 
-        On delta-rs, tables without deletion vectors, column mapping or partitions are
-        read as plain parquet (as fast as parquet, with column pruning); others go
-        through delta-rs's scan, which applies them.
+        Raises:
+            TableError: there is no Delta table there.
         """
-        if self.backend == "native":
-            reader = self.spark.read.format("delta")
-            if version is not None:
-                reader = reader.option("versionAsOf", version)
-            return reader.table(table) if self.is_name(table) else reader.load(table)
-        from sparkrag.delta_source import spark_schema_of, table_needs_scan
 
-        dt = self._delta(table, version)
-        schema = spark_schema_of(dt)
-        if table_needs_scan(dt):
-            reader = self.spark.read.format("delta")
-            if version is not None:
-                reader = reader.option("versionAsOf", version)
-            return reader.load(self.location(table))
-        files = dt.file_uris()
-        if not files:
-            return self.spark.createDataFrame([], schema)
-        return self.spark.read.schema(schema).parquet(*files)
+    @abstractmethod
+    def _save(self, writer: Any, table: str) -> None:
+        """Run a configured ``DataFrameWriter`` against ``table``."""
 
-    # -- write ------------------------------------------------------------------------
     def write(
         self,
         df: "DataFrame",
@@ -190,8 +204,6 @@ class Tables:
             raise TableError(f"write mode must be append or overwrite, got {mode!r}")
         before = self.version(table)
         if before is not None and not overwrite_schema:
-            from sparkrag.delta_source import check_schema
-
             check_schema(self.schema(table), df.schema, table=table)
         writer = df.write.format("delta").mode(mode)
         if txn is not None:
@@ -199,8 +211,7 @@ class Tables:
         if overwrite_schema:
             writer = writer.option("overwriteSchema", "true")
         start = time.perf_counter()
-        self._retry(lambda: writer.saveAsTable(table) if self.backend == "native" and self.is_name(table)
-                    else writer.save(self.location(table)))
+        self._retry(lambda: self._save(writer, table))
         after = self.version(table)
         return {"table": table, "mode": mode, "version_before": before, "version": after,
                 "committed": after != before, "seconds": round(time.perf_counter() - start, 3)}
@@ -232,7 +243,7 @@ class Tables:
         non-key columns) differs, so a rerun with the same data rewrites no file.
 
         Returns:
-            rows inserted/updated/deleted and files added/removed, when the backend reports them.
+            rows inserted/updated/deleted and files added/removed (names in the class doc).
         """
         missing = [k for k in keys + (compare or []) if k not in source.columns]
         if missing:
@@ -242,84 +253,26 @@ class Tables:
                 return {"table": table, "created": False, "num_target_rows_inserted": 0}
             metrics = self.write(source, table, mode="append")
             return {**metrics, "created": True}
-        from sparkrag.delta_source import check_schema
-
         if when_matched != "delete":
             check_schema(self.schema(table), source.schema, table=table)
+        types = {f.name: f.dataType for f in source.schema.fields}
         compare = compare or [c for c in source.columns if c not in keys]
         on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-        changed = " OR ".join(f"(t.`{c}` IS DISTINCT FROM s.`{c}`)" for c in compare) or "FALSE"
-        if self.backend == "native":
-            return self._merge_native(source, table, on, changed, when_matched, when_not_matched)
-        return self._merge_deltars(source, table, on, changed, when_matched, when_not_matched)
+        changed = " OR ".join(f"({self._differs(c, types[c])})" for c in compare) or "FALSE"
+        return {"table": table, **self._merge(source, table, on, changed, when_matched, when_not_matched)}
 
-    def _merge_native(self, source, table, on, changed, when_matched, when_not_matched) -> dict[str, Any]:
-        view = f"sparkrag_merge_src_{int(time.time() * 1e6)}"
-        source.createOrReplaceTempView(view)
-        clauses = {
-            "update": "WHEN MATCHED THEN UPDATE SET *",
-            "update_changed": f"WHEN MATCHED AND ({changed}) THEN UPDATE SET *",
-            "delete": "WHEN MATCHED THEN DELETE",
-            "ignore": "",
-        }[when_matched]
-        if when_not_matched == "insert":
-            clauses += " WHEN NOT MATCHED THEN INSERT *"
-        try:
-            row = self._retry(lambda: self.spark.sql(
-                f"MERGE INTO {self._sql_ref(table)} t USING {view} s ON {on} {clauses}").first())
-        finally:
-            self.spark.catalog.dropTempView(view)
-        return {"table": table, **(row.asDict() if row else {})}
+    def _differs(self, column: str, dtype: "DataType") -> str:
+        """SQL that is true when target and source values of ``column`` differ (nulls equal)."""
+        return f"t.`{column}` IS DISTINCT FROM s.`{column}`"
 
-    def _merge_deltars(self, source, table, on, changed, when_matched, when_not_matched) -> dict[str, Any]:
-        import pyarrow.dataset as pads
-        from deltalake.exceptions import CommitFailedError
+    @abstractmethod
+    def _merge(self, source: "DataFrame", table: str, on: str, changed: str, when_matched: str,
+               when_not_matched: str) -> dict[str, Any]:
+        """Run the merge; returns its metrics under the common names."""
 
-        staging = self._merge_staging_dir(table)
-        try:
-            # Stream the source from staged parquet rather than collecting it to the driver.
-            source.write.mode("overwrite").parquet(staging)
-            dataset = pads.dataset(staging, format="parquet")
-            for attempt in range(self.cfg.commit_retries + 1):
-                merger = self._delta(table).merge(
-                    dataset.scanner().to_reader(), predicate=on, source_alias="s", target_alias="t")
-                if when_matched == "update":
-                    merger = merger.when_matched_update_all()
-                elif when_matched == "update_changed":
-                    merger = merger.when_matched_update_all(predicate=changed)
-                elif when_matched == "delete":
-                    merger = merger.when_matched_delete()
-                if when_not_matched == "insert":
-                    merger = merger.when_not_matched_insert_all()
-                try:
-                    return {"table": table, **merger.execute()}
-                except CommitFailedError:
-                    if attempt == self.cfg.commit_retries:
-                        raise
-                    time.sleep(min(0.2 * 2**attempt, 5.0))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-            try:
-                os.rmdir(os.path.dirname(staging))  # only when no other merge is staging there
-            except OSError:
-                pass
-        raise AssertionError("unreachable")
-
-    def _merge_staging_dir(self, table: str) -> str:
-        """A fresh folder for a merge's source, inside the target table's own folder.
-
-        The executors write the source there and the driver streams it into delta-rs, so
-        it must be on storage both reach; the table's folder is (the driver's ``/tmp`` is
-        not, on a cluster: issue 12). Delta readers ignore ``_``-prefixed folders.
-        """
-        return os.path.join(self.location(table), _MERGE_STAGING, uuid.uuid4().hex)
-
+    @abstractmethod
     def delete_where(self, table: str, predicate: str) -> dict[str, Any]:
         """Delete the rows matching a SQL ``predicate`` (Spark SQL / DataFusion common subset)."""
-        if self.backend == "native":
-            row = self._retry(lambda: self.spark.sql(f"DELETE FROM {self._sql_ref(table)} WHERE {predicate}").first())
-            return {"table": table, **(row.asDict() if row else {})}
-        return {"table": table, **self._delta(table).delete(predicate)}
 
     def delete_keys(self, keys_df: "DataFrame", table: str, *, keys: list[str]) -> dict[str, Any]:
         """Delete the rows whose ``keys`` appear in ``keys_df`` (a merge with WHEN MATCHED DELETE)."""
@@ -328,11 +281,7 @@ class Tables:
 
     # -- SQL --------------------------------------------------------------------------
     def register_views(self, views: dict[str, str]) -> list[str]:
-        """Make each table queryable in SQL under a view name, on either backend.
-
-        Native catalog tables need nothing; paths become temporary views
-        (``CREATE TEMPORARY VIEW v USING delta OPTIONS (path ...)`` on delta-rs).
-        """
+        """Make each existing table queryable in SQL under a temporary view name."""
         made = []
         for view, table in views.items():
             if not self.exists(table):
