@@ -20,6 +20,7 @@ from sparkrag.spark import is_local_master
 from sparkrag.tables import open_tables
 
 
+@pytest.mark.delta_rs_only
 def test_delta_rs_merge_stages_in_the_table_folder_not_the_driver_tmp(spark, tmp_path, monkeypatch):
     tables = open_tables(spark, TablesConfig(root=str(tmp_path), backend="delta-rs"))
     path = str(tmp_path / "t")
@@ -37,6 +38,7 @@ def test_delta_rs_merge_stages_in_the_table_folder_not_the_driver_tmp(spark, tmp
     assert tables.read(path).count() == 3  # the staging folder never shows up as table data
 
 
+@pytest.mark.delta_rs_only
 def test_relative_table_paths_are_resolved_by_the_driver(spark, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tables = open_tables(spark, TablesConfig(root="unused", backend="delta-rs"))
