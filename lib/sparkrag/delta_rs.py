@@ -9,24 +9,35 @@ delta-rs has no metastore: catalog-style names resolve under ``TablesConfig.root
 
 from __future__ import annotations
 
+import os
 import shutil
-import tempfile
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from sparkrag.errors import TableError
-from sparkrag.tables import Tables
+from sparkrag.tables import Tables, split_name
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 __all__ = ["DeltaRsTables"]
 
+_MERGE_STAGING = "_sparkrag_staging"  # merges stage their source here, inside the table's folder
+
 
 class DeltaRsTables(Tables):
     """Delta tables through the ``deltalake`` package."""
 
     backend = "delta-rs"
+
+    def location(self, table: str) -> str:
+        """The table's folder; a relative path is resolved here, on the driver (executors'
+        working directories differ on a cluster: issue 12)."""
+        from sparkrag.delta_source import absolute_path
+
+        where = super().location(table)
+        return absolute_path(where) if split_name(table) is None else where
 
     def _delta(self, table: str, version: int | None = None):
         from deltalake import DeltaTable
@@ -74,7 +85,7 @@ class DeltaRsTables(Tables):
         import pyarrow.dataset as pads
         from deltalake.exceptions import CommitFailedError
 
-        staging = tempfile.mkdtemp(prefix="sparkrag-merge-")
+        staging = self._merge_staging_dir(table)
         try:
             # Stream the source from staged parquet rather than collecting it to the driver.
             source.write.mode("overwrite").parquet(staging)
@@ -98,7 +109,20 @@ class DeltaRsTables(Tables):
                     time.sleep(min(0.2 * 2**attempt, 5.0))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            try:
+                os.rmdir(os.path.dirname(staging))  # only when no other merge is staging there
+            except OSError:
+                pass
         raise AssertionError("unreachable")
+
+    def _merge_staging_dir(self, table: str) -> str:
+        """A fresh folder for a merge's source, inside the target table's own folder.
+
+        The executors write the source there and the driver streams it into delta-rs, so
+        it must be on storage both reach; the table's folder is (the driver's ``/tmp`` is
+        not, on a cluster: issue 12). Delta readers ignore ``_``-prefixed folders.
+        """
+        return os.path.join(self.location(table), _MERGE_STAGING, uuid.uuid4().hex)
 
     def delete_where(self, table: str, predicate: str) -> dict[str, Any]:
         return {"table": table, **self._delta(table).delete(predicate)}

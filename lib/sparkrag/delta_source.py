@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -37,9 +38,10 @@ from pyspark.sql.types import StructType
 from sparkrag.errors import TableError
 from sparkrag.schemas import check_schema
 
-__all__ = ["DeltaRsDataSource", "spark_schema_of", "table_needs_scan"]
+__all__ = ["DeltaRsDataSource", "spark_schema_of", "table_needs_scan", "absolute_path"]
 
 _COMMIT_RETRIES = 5
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # s3://, abfss://, file:/, dbfs:/
 
 
 @dataclass
@@ -94,7 +96,7 @@ class DeltaRsDataSource(DataSource):
         path = self.options.get("path")
         if not path:
             raise TableError("format('delta') needs a path: .load(path) / .save(path) / OPTIONS (path '...')")
-        return path
+        return absolute_path(path)
 
     def schema(self) -> StructType:
         return spark_schema_of(_open(self._path(), self.options.get("versionAsOf")))
@@ -105,6 +107,15 @@ class DeltaRsDataSource(DataSource):
     def writer(self, schema: StructType, overwrite: bool) -> "DataSourceArrowWriter":
         # Spark hands options over case-insensitively; keep them lower-cased.
         return _DeltaRsWriter(self._path(), schema, overwrite, {k.lower(): v for k, v in self.options.items()})
+
+
+def absolute_path(path: str) -> str:
+    """``path`` made absolute against this process's working directory; URIs unchanged.
+
+    Called where Spark plans the read or write (the driver), so that executors, whose
+    working directories differ on a cluster, get the path the driver meant (issue 12).
+    """
+    return path if _URI.match(path) else os.path.abspath(path)
 
 
 def _open(path: str, version: Any = None) -> Any:

@@ -200,7 +200,8 @@ def current_version_dir(path: str) -> str:
     if manifest is None or not os.path.isdir(os.path.join(path, manifest["version"])):
         raise VectorStoreError(f"no lexical index at {path} (lexical.path); run the ingest job with "
                                "lexical.enabled=true before retrieval.mode lexical or hybrid")
-    return os.path.join(path, manifest["version"])
+    # Absolute: executors that read it in place have another working directory on a cluster.
+    return os.path.abspath(os.path.join(path, manifest["version"]))
 
 
 def _fingerprint(cfg: LexicalConfig) -> str:

@@ -165,7 +165,8 @@ class ShardStore:
     """
 
     def __init__(self, root: str, collection: str) -> None:
-        self.root = _local(root)
+        # Absolute here, on the driver: a task's working directory is another on a cluster.
+        self.root = os.path.abspath(_local(root))
         self.collection = collection
 
     @property

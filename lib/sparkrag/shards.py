@@ -106,7 +106,7 @@ def resolve_shards(cfg: ChromaConfig, spark: "SparkSession | None" = None) -> tu
     if manifest is not None:
         return tuple(ShardRef(cfg.collection, store.full_path(d)) for d in manifest.dirs)
     if is_legacy_directory(cfg.path):
-        return (ShardRef(cfg.collection, cfg.path),)
+        return (ShardRef(cfg.collection, os.path.abspath(cfg.path)),)  # tasks have another working dir
     raise VectorStoreError(f"no Chroma index of {cfg.collection!r} in {cfg.path} (chroma.path); "
                            "run the ingest job first")
 

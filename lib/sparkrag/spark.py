@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["get_spark", "task_gpu_index", "ships_copies", "ship_archive", "collect_arrow", "map_in_pandas"]
+__all__ = ["get_spark", "is_local_master", "task_gpu_index", "ships_copies", "ship_archive", "collect_arrow",
+           "map_in_pandas"]
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,13 @@ def get_spark(cfg: SparkConfig | None = None) -> "SparkSession":
         builder = builder.appName(cfg.app_name)
     if not launched.contains("spark.master"):
         builder = builder.master(cfg.master)
+    master = launched.get("spark.master", cfg.master)
     settings = dict(_LOCAL_DEFAULTS)
     settings["spark.sql.shuffle.partitions"] = str(cfg.shuffle_partitions)
-    settings["spark.default.parallelism"] = str(cfg.shuffle_partitions)
+    if is_local_master(master):
+        # On a cluster Spark's own default (the executors' total cores) is right; a laptop's
+        # count would leave most of the cluster idle in every RDD stage (issue 12).
+        settings["spark.default.parallelism"] = str(cfg.shuffle_partitions)
     settings["spark.sql.execution.arrow.maxRecordsPerBatch"] = str(cfg.arrow_batch_size)
     settings.update(cfg.conf)
     for key, value in settings.items():
@@ -78,6 +83,11 @@ def get_spark(cfg: SparkConfig | None = None) -> "SparkSession":
     spark.sparkContext.setLogLevel("WARN")
     log.info("started Spark %s (%s)", spark.version, spark.sparkContext.master)
     return spark
+
+
+def is_local_master(master: str) -> bool:
+    """True for ``local``, ``local[N]``, ``local[*]`` and ``local-cluster[...]`` masters (one machine)."""
+    return master.startswith("local")
 
 
 def task_gpu_index() -> int | None:
@@ -103,7 +113,7 @@ def ships_copies(spark: "SparkSession", access: str) -> bool:
     """
     if access == "auto":
         try:
-            return not spark.sparkContext.master.startswith("local")
+            return not is_local_master(spark.sparkContext.master)
         except Exception:  # Spark Connect has no SparkContext: executors are elsewhere
             return True
     return access == "snapshot"
