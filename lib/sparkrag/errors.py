@@ -7,6 +7,8 @@ __all__ = [
     "TableError",
     "VectorStoreError",
     "ModelContractError",
+    "LockError",
+    "OutputError",
 ]
 
 
@@ -32,3 +34,11 @@ class VectorStoreError(SparkragError):
 
 class ModelContractError(SparkragError):
     """A model returned the wrong number of rows or vectors of the wrong dimension."""
+
+
+class LockError(SparkragError):
+    """Another run holds the lock on the same tables/index (or run id), or this run lost its lock."""
+
+
+class OutputError(SparkragError):
+    """An output location (tables root, Chroma path, lexical path) cannot be written; names path and option."""
