@@ -377,7 +377,7 @@ def _address(hex_address: str) -> str:
 
 def test_a_local_session_listens_on_loopback_only():
     env = {k: v for k, v in job_env().items() if k not in ("SPARK_LOCAL_IP", "PYSPARK_GATEWAY_PORT")}
-    out = subprocess.run([sys.executable, "-c", _LISTENING], capture_output=True, text=True, timeout=300, env=env)
+    out = subprocess.run([sys.executable, "-c", _LISTENING], capture_output=True, text=True, timeout=900, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     bound = [_address(a) for a in seen["bound"]]
@@ -426,6 +426,9 @@ def test_secrets_are_redacted_in_logs_run_records_and_errors(spark, docs_root, t
         main(args, spark)
     assert "cannot list s3a://bucket" in str(exited.value) and SECRET not in str(exited.value)
     assert "redacted" in str(exited.value)
-    with pytest.raises(ConfigError) as wrong_type:  # a mistyped secret is named, not quoted
-        load_config(RagConfig, None, [f"spark.conf={{db.password: [{SECRET}]}}"])
-    assert "spark.conf.db.password" in str(wrong_type.value) and SECRET not in str(wrong_type.value)
+    with pytest.raises(ConfigError) as misplaced:  # a misplaced secret is named, not quoted
+        load_config(RagConfig, None, ["spark.app_name=rag", f"spark.app_name.token={SECRET}"])
+    assert "spark.app_name.token" in str(misplaced.value) and SECRET not in str(misplaced.value)
+    with pytest.raises(ConfigError) as mistyped:
+        load_config(RagConfig, None, [f"chroma.host=[{SECRET}]", "chroma.mode=server"])
+    assert "chroma.host" in str(mistyped.value) and SECRET in str(mistyped.value)  # not a secret key: quoted
