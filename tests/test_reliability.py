@@ -371,8 +371,8 @@ def _address(hex_address: str) -> str:
     raw = bytes.fromhex(host)
     if len(raw) == 4:
         return f"{ipaddress.IPv4Address(raw[::-1])}:{int(port, 16)}"
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
-    return f"[{ipaddress.IPv6Address(words)}]:{int(port, 16)}"
+    v6 = ipaddress.IPv6Address(b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+    return f"[{f'::ffff:{v6.ipv4_mapped}' if v6.ipv4_mapped else v6}]:{int(port, 16)}"
 
 
 def test_a_local_session_listens_on_loopback_only():
