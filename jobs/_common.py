@@ -81,7 +81,10 @@ def setup_logging(level: str) -> None:
 
 
 def log_config(cfg: RagConfig) -> None:
-    logging.getLogger("sparkrag").info("config: %s", json.dumps(to_dict(cfg), default=str))
+    """Log the resolved config once, secrets redacted (issue #17)."""
+    from sparkrag.redact import redact_config
+
+    logging.getLogger("sparkrag").info("config: %s", json.dumps(redact_config(to_dict(cfg)), default=str))
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -98,18 +101,38 @@ def run_rag_job(parser: argparse.ArgumentParser, shortcuts: dict[str, str], job:
     args = parse(parser, argv)
     cfg = rag_config_from_args(args, shortcuts)
     log_config(cfg)
-    record = job(spark or get_spark(cfg.spark), cfg)
+    try:
+        record = job(spark or get_spark(cfg.spark), cfg)
+    except Exception as exc:  # the message may quote a secret option (issue #17)
+        _redact_exception(exc, cfg)
+        raise
     print(json.dumps({k: record[k] for k in summary if k in record}, indent=2, default=str))
     return record
 
 
+def _redact_exception(exc: BaseException, cfg: RagConfig) -> None:
+    from sparkrag.redact import redact_text, secret_values
+
+    secrets = secret_values(to_dict(cfg))
+    if secrets:
+        exc.args = tuple(redact_text(a, secrets) if isinstance(a, str) else a for a in exc.args)
+
+
 def entry_point(run: Callable[..., Any]) -> Callable[..., int]:
     """``main(argv=None, spark=None) -> 0`` around a job's ``run``: console scripts exit with
-    ``main()``'s value, so it must be a status (the record stays available from ``run``)."""
+    ``main()``'s value, so it must be a status (the record stays available from ``run``).
+
+    A deliberate sparkrag error (bad option, unwritable output, lock held...) ends the
+    process with its one-line message and exit status 1, not a traceback."""
+    from sparkrag.errors import SparkragError
 
     def main(argv: Sequence[str] | None = None, spark: Any = None) -> int:
         """Entry point for spark-submit, the console script and Databricks python_wheel_task."""
-        run(argv, spark)
+        try:
+            run(argv, spark)
+        except SparkragError as exc:
+            logging.getLogger("sparkrag").debug("job failed", exc_info=True)
+            raise SystemExit(f"error: {type(exc).__name__}: {exc}") from None
         return 0
 
     return main

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from sparkrag.config import RagConfig
 from sparkrag.errors import RunFailedError, SchemaError
-from sparkrag.runs import RunRecorder, new_run_id, write_run_record
+from sparkrag.preflight import check_outputs, job_lock
+from sparkrag.runs import RunRecorder, new_run_id, rejects_frame, write_run_record
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -75,6 +76,9 @@ def run_answer(spark: "SparkSession", cfg: RagConfig) -> dict[str, Any]:
 
     Raises:
         SchemaError: a configured column is missing (before any work).
+        OutputError: an output folder (tables.root, a path-named table) cannot be written.
+        LockError: another run with the same run id holds the lock for longer than
+            tables.lock_wait_seconds (before any work).
         VectorStoreError: the collection is missing, unreachable or of another encoder.
         RunFailedError: more than ``answer.max_error_rate`` of the run's rows have an error
             (the rows are written and the run is recorded as failed).
@@ -83,12 +87,16 @@ def run_answer(spark: "SparkSession", cfg: RagConfig) -> dict[str, Any]:
     from sparkrag.tables import open_tables
 
     tables = open_tables(spark, cfg.tables)
+    check_outputs(tables, cfg, "answer")
     model_id, dim = encoder_info(cfg.encoder, "query")
     run_id = cfg.answer.run_id or new_run_id("answer")
     rec = RunRecorder("answer", cfg, run_id, model_id=generator_model_id(cfg), embedding_model=cfg.encoder.model)
     rec.outputs = {"answers": tables.location(cfg.names.answers), "runs": tables.location(cfg.names.runs)}
     try:
-        _answer(spark, tables, cfg, rec, dim)
+        # Two runs with one run id would both insert its rows (issue #17): one at a time.
+        with job_lock(tables, cfg, "answer", run_id) as lock:
+            rec.before_stage = lock.check
+            _answer(spark, tables, cfg, rec, dim)
         _check_error_rate(cfg, rec)
     except BaseException as exc:
         write_run_record(tables, cfg.names.runs, rec.record("failed", f"{type(exc).__name__}: {exc}"[:4000]))
@@ -160,6 +168,8 @@ def _select_questions(tables: "Tables", cfg: RagConfig, questions: "DataFrame", 
     q, r = cfg.questions, cfg.retrieval
     extra = sorted(set(r.where_columns.values()) | ({r.where_document_column} if r.where_document_column else set()))
     history = F.col(f"`{q.history}`") if q.history else F.lit(None).cast("array<struct<role:string,content:string>>")
+    questions = _reject_bad_question_ids(tables, cfg, questions, run_id)
+    _heal_duplicate_answers(tables, cfg, run_id)
     todo = questions.select(
         F.col(f"`{q.id}`").cast("string").alias("question_id"), F.col(f"`{q.question}`").alias("question"),
         history.alias("history"), *[F.col(f"`{c}`").alias(f"_f_{c}") for c in extra])
@@ -170,6 +180,57 @@ def _select_questions(tables: "Tables", cfg: RagConfig, questions: "DataFrame", 
     if cfg.answer.limit is not None:
         todo = todo.orderBy("question_id").limit(cfg.answer.limit)
     return todo
+
+
+def _reject_bad_question_ids(tables: "Tables", cfg: RagConfig, questions: "DataFrame", run_id: str) -> "DataFrame":
+    """Send rows with a null, blank or repeated question id to the rejects table; return the others.
+
+    Answers are merged on ``(question_id, run_id)``: a null id failed that merge after all the
+    model work, a repeated one gave two answers for one key (issue #17). Every row of a
+    repeated id is rejected (which of them is meant is unknowable). A resumed run does not
+    reject the same rows twice.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    q = cfg.questions
+    qid = F.col(f"`{q.id}`").cast("string")
+    repeats = F.count(F.lit(1)).over(Window.partitionBy(qid))
+    reason = (F.when(qid.isNull(), F.lit("null question id"))
+              .when(qid.rlike(r"(?U)^\s*$"), F.lit("empty question id"))
+              .when(repeats > 1, F.concat(F.lit("duplicate question id ("), repeats.cast("string"), F.lit(" rows)"))))
+    checked = questions.withColumn("_reason", reason).withColumn("_column", F.lit(q.id)).cache()
+    bad = checked.where(F.col("_reason").isNotNull())
+    rejected = bad.count()
+    if rejected:
+        log.warning("questions table %s: %d row(s) with a null, empty or repeated %r go to %s, unanswered",
+                    cfg.names.questions, rejected, q.id, cfg.names.rejects)
+        already = (cfg.answer.resume and tables.exists(cfg.names.rejects) and not tables.read(cfg.names.rejects)
+                   .where((F.col("run_id") == run_id) & (F.col("job") == "answer")).isEmpty())
+        if not already:
+            tables.write(rejects_frame(bad, run_id=run_id, job="answer", source_table=cfg.names.questions,
+                                       key_col=q.id), cfg.names.rejects, mode="append")
+    return checked.where(F.col("_reason").isNull()).drop("_reason", "_column")
+
+
+def _heal_duplicate_answers(tables: "Tables", cfg: RagConfig, run_id: str) -> None:
+    """Delete this run's rows whose ``(question_id, run_id)`` repeats, so that they are answered once more.
+
+    Overlapping runs of an older sparkrag left such pairs; a merge would update both copies.
+    """
+    from pyspark.sql import functions as F
+
+    if not tables.exists(cfg.names.answers):
+        return
+    mine = tables.read(cfg.names.answers).where(F.col("run_id") == run_id)
+    repeated = mine.groupBy("question_id", "run_id").count().where(F.col("count") > 1).select("question_id", "run_id")
+    repeated = repeated.cache()
+    found = repeated.count()
+    if found:
+        tables.delete_keys(repeated, cfg.names.answers, keys=["question_id", "run_id"])
+        log.warning("answers table %s held %d repeated (question_id, run_id) pair(s) of run %s: deleted, "
+                    "answered again", cfg.names.answers, found, run_id)
+    repeated.unpersist()
 
 
 def _index_factory(spark: "SparkSession", tables: "Tables", cfg: RagConfig, dim: int):

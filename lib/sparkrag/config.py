@@ -69,6 +69,11 @@ class TablesConfig:
     # in-memory catalog forgets its tables at exit); spark / root force one.
     catalog: Literal["auto", "spark", "root"] = "auto"
     commit_retries: int = 5  # concurrent writers conflict; retry with backoff
+    # Run locks (issue #17: overlapping ingests duplicated chunks): a folder every driver sees.
+    # None: <root>/_sparkrag_locks. On clusters with catalog tables, give a shared path (a Volume).
+    lock_dir: str | None = None
+    lock_wait_seconds: float = 600.0  # a second run waits this long for the first, then fails; 0: fail at once
+    lock_stale_seconds: float = 120.0  # a holder silent this long died (it beats every quarter of it)
 
 
 @dataclass(frozen=True)
@@ -157,7 +162,7 @@ def load_config(cls: type[T], yaml_path: str | Path | None, overrides: list[str]
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+                raise ConfigError(f"override {key.strip()}=...: {part!r} is not a section")
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
     return from_mapping(cls, data)
 
@@ -177,6 +182,13 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     return cls(**kwargs)
 
 
+def _shown(key: str, value: Any) -> str:
+    """``value`` for an error message: redacted when ``key`` names a secret (issue #17)."""
+    from sparkrag.redact import REDACTED, is_secret_key
+
+    return REDACTED if is_secret_key(key) else repr(value)
+
+
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -193,38 +205,38 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 return _coerce(arg, value, key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[-1] if errors else f"{key}: invalid value {value!r}")
+        raise ConfigError(errors[-1] if errors else f"{key}: invalid value {_shown(key, value)}")
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{key}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+            raise ConfigError(f"{key}: expected one of {', '.join(map(repr, args))}, got {_shown(key, value)}")
         return value
     if tp is Any:
         return value
     if origin in (dict, Mapping, typing.Mapping) or tp in (dict, Mapping):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {_shown(key, value)}")
         vt = args[1] if len(args) == 2 else Any
         return {str(k): _coerce(vt, v, f"{key}.{k}") for k, v in value.items()}
     if origin in (list, tuple) or tp in (list, tuple):
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {_shown(key, value)}")
         et = args[0] if args else Any
         return tuple(_coerce(et, v, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+            raise ConfigError(f"{key}: expected true/false, got {_shown(key, value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {_shown(key, value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {_shown(key, value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {_shown(key, value)}")
         return value
     return value
 

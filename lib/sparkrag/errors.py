@@ -9,6 +9,8 @@ __all__ = [
     "ModelContractError",
     "DependencyError",
     "RunFailedError",
+    "LockError",
+    "OutputError",
 ]
 
 
@@ -42,3 +44,9 @@ class DependencyError(SparkragError, ImportError):
 
 class RunFailedError(SparkragError):
     """A job ran to the end but too many of its rows failed (``answer.max_error_rate``); its rows are kept."""
+class LockError(SparkragError):
+    """Another run holds the lock on the same tables/index (or run id), or this run lost its lock."""
+
+
+class OutputError(SparkragError):
+    """An output location (tables root, Chroma path, lexical path) cannot be written; names path and option."""

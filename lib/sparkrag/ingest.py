@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from sparkrag.config import RagConfig
 from sparkrag.errors import SchemaError
+from sparkrag.preflight import check_outputs, job_lock
 from sparkrag.runs import RunRecorder, new_run_id, rejects_frame, write_run_record
 from sparkrag.schemas import CHUNKS_SCHEMA
 
@@ -94,15 +95,25 @@ def prepare_documents(df: "DataFrame", cfg: RagConfig, *, table: str) -> tuple["
     dupes = F.count(F.lit(1)).over(Window.partitionBy(doc_id))
     # F.trim strips spaces only: "\n\t" would pass, chunk to nothing and look new on every run.
     blank = r"(?U)^\s*$"
-    reason = (F.when(doc_id.isNull() | doc_id.rlike(blank), F.lit("null or empty document id"))
+    undecodable = _undecodable_columns(df, cfg)
+    reason = F.when(F.lit(False), F.lit(None).cast("string"))
+    for name, invalid in undecodable:  # first: Arrow cannot hand such a row to pandas (issue #17)
+        reason = reason.when(invalid, F.lit(f"invalid UTF-8 in column {name!r}: bytes that are not text"))
+    reason = (reason.when(doc_id.isNull() | doc_id.rlike(blank), F.lit("null or empty document id"))
               .when(text.isNull() | text.rlike(blank), F.lit("null or empty text"))
               .when(F.length(text) > cfg.ingest.max_document_chars,
                     F.concat(F.lit("document too large: "), F.length(text).cast("string"),
                              F.lit(f" chars > ingest.max_document_chars={cfg.ingest.max_document_chars}")))
               .when(dupes > 1, F.concat(F.lit("duplicate document id ("), dupes.cast("string"), F.lit(" rows)"))))
-    column = (F.when(doc_id.isNull() | doc_id.rlike(blank) | (dupes > 1), F.lit(cols.id)).otherwise(F.lit(cols.text)))
+    column = F.when(F.lit(False), F.lit(None).cast("string"))
+    for name, invalid in undecodable:
+        column = column.when(invalid, F.lit(name))
+    column = (column.when(doc_id.isNull() | doc_id.rlike(blank) | (dupes > 1), F.lit(cols.id))
+              .otherwise(F.lit(cols.text)))
     checked = df.withColumn("_reason", reason).withColumn("_column", F.when(F.col("_reason").isNotNull(), column))
     bad = checked.where(F.col("_reason").isNotNull())
+    # The rejects table gets the row with its bad bytes replaced by U+FFFD, so that it stays readable.
+    bad = bad.withColumns({name: F.decode(F.encode(F.col(f"`{name}`"), "UTF-8"), "UTF-8") for name, _ in undecodable})
     fingerprint = settings_fingerprint(cfg)
     valid = checked.where(F.col("_reason").isNull()).select(
         doc_id.alias("doc_id"), text.alias("text"), title.alias("title"), metadata.alias("metadata"))
@@ -111,11 +122,36 @@ def prepare_documents(df: "DataFrame", cfg: RagConfig, *, table: str) -> tuple["
     return valid, bad
 
 
+def _undecodable_columns(df: "DataFrame", cfg: RagConfig) -> list[tuple[str, Any]]:
+    """``(column, is-invalid expression)`` for each string column the job reads.
+
+    A string holding bytes that are not UTF-8 (Delta's string type forbids them, some writers
+    produce them) passes through Spark untouched but aborts the Arrow hand-over to pandas with
+    an ``ArrowException`` naming neither row nor column. Spark's ``encode`` replaces
+    malformed bytes (3.5 and 4.x alike), so a row is invalid exactly when re-encoding its
+    value changes the raw bytes (``is_valid_utf8`` is Spark 4 only).
+    """
+    from pyspark.sql import functions as F
+
+    cols = cfg.documents
+    types = dict(df.dtypes)
+    names = [cols.id, cols.text, *([cols.title] if cols.title else []), *cols.metadata]
+    out = []
+    for name in dict.fromkeys(names):
+        if types.get(name) == "string":
+            col = F.col(f"`{name}`")
+            out.append((name, col.isNotNull() & (F.encode(col, "UTF-8") != col.cast("binary"))))
+    return out
+
+
 def run_ingest(spark: "SparkSession", cfg: RagConfig, *, run_id: str | None = None) -> dict[str, Any]:
     """Run the ingest job; returns the run record (counts, stage seconds, outputs).
 
     Raises:
         SchemaError: a configured column is missing or unusable (before any work).
+        OutputError: tables.root, chroma.path or lexical.path cannot be written (before any work).
+        LockError: another ingest of the same chunks table and index holds the lock for
+            longer than tables.lock_wait_seconds (before any work).
         VectorStoreError: the collection belongs to another encoder, or Chroma does not
             hold exactly the chunks table's ids after the load.
     """
@@ -123,6 +159,7 @@ def run_ingest(spark: "SparkSession", cfg: RagConfig, *, run_id: str | None = No
     from sparkrag.tables import open_tables
 
     tables = open_tables(spark, cfg.tables)
+    check_outputs(tables, cfg, "ingest")
     model_id, dim = encoder_info(cfg.encoder, "passage")
     rec = RunRecorder("ingest", cfg, run_id or new_run_id("ingest"), embedding_model=model_id)
     names = cfg.names
@@ -133,7 +170,10 @@ def run_ingest(spark: "SparkSession", cfg: RagConfig, *, run_id: str | None = No
                    **({"lexical": cfg.lexical.path} if cfg.lexical.enabled else {})}
     log.info("ingest run %s: %s -> %s + Chroma %s", rec.run_id, names.documents, names.chunks, rec.outputs["chroma"])
     try:
-        _ingest(spark, tables, cfg, rec, model_id, dim)
+        # One ingest per chunks table and index at a time, taken before planning (issue #17).
+        with job_lock(tables, cfg, "ingest", rec.run_id) as lock:
+            rec.before_stage = lock.check  # a run that lost its lock commits nothing more
+            _ingest(spark, tables, cfg, rec, model_id, dim)
     except BaseException as exc:
         write_run_record(tables, names.runs, rec.record("failed", f"{type(exc).__name__}: {exc}"[:4000]))
         raise
@@ -151,6 +191,7 @@ def _ingest(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
     valid, bad = prepare_documents(raw, cfg, table=names.documents)
     chroma_sync.open_for_ingest(cfg, embedding_model=model_id, dim=dim, full_refresh=cfg.ingest.full_refresh)
     with rec.stage("plan"):
+        rec.counts["duplicate_pairs_healed"] = _heal_duplicate_chunks(tables, cfg)
         valid, bad = valid.cache(), bad.cache()  # both feed the plan, the rejects and the embed stage
         plan = _plan(tables, cfg, valid, bad)
         rec.counts.update(plan["counts"])
@@ -186,6 +227,30 @@ def _ingest(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
         cached.unpersist()
     rec.metrics["chunks_per_second"] = rec.counts["chunks_embedded"] / max(rec.stage_seconds["chunk_embed_write"], 1e-9)
     log.info("ingest run %s done: %s", rec.run_id, rec.counts)
+
+
+def _heal_duplicate_chunks(tables: "Tables", cfg: RagConfig) -> int:
+    """Delete every chunk of each ``(doc_id, doc_hash)`` whose chunk ids repeat; returns the pair count.
+
+    Overlapping runs of an older sparkrag (or any writer outside the lock) leave a chunk
+    twice. One delete commit removes those documents' chunks (atomic: no document is left
+    half there), so the plan that follows sees them missing and embeds them once more.
+    """
+    from pyspark.sql import functions as F
+
+    if cfg.ingest.full_refresh or not tables.exists(cfg.names.chunks):
+        return 0
+    chunks = tables.read(cfg.names.chunks)
+    repeated = chunks.groupBy("chunk_id").count().where(F.col("count") > 1).select("chunk_id")
+    pairs = chunks.join(repeated, "chunk_id").select("doc_id", "doc_hash").distinct().cache()
+    found = pairs.count()
+    if found:
+        out = tables.delete_keys(pairs, cfg.names.chunks, keys=["doc_id", "doc_hash"])
+        log.warning("chunks table %s held repeated chunk ids (an earlier overlapping run): deleted the %s chunks "
+                    "of %d document version(s), which this run embeds again", cfg.names.chunks,
+                    out.get("num_target_rows_deleted", "?"), found)
+    pairs.unpersist()
+    return found
 
 
 def _plan(tables: "Tables", cfg: RagConfig, valid: "DataFrame", bad: "DataFrame") -> dict[str, Any]:

@@ -10,10 +10,11 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from sparkrag import __version__
 from sparkrag.config import RagConfig, to_dict
+from sparkrag.redact import redact_config, redact_text, secret_values
 from sparkrag.schemas import REJECTS_SCHEMA, RUNS_SCHEMA
 
 if TYPE_CHECKING:
@@ -50,10 +51,14 @@ class RunRecorder:
     metrics: dict[str, float] = field(default_factory=dict)
     input_versions: dict[str, int] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
+    # Called as each stage starts, e.g. the run lock's check: a run that lost its lock stops.
+    before_stage: Callable[[], None] | None = None
 
     @contextlib.contextmanager
     def stage(self, name: str, spark: Any = None) -> Iterator[None]:
         """Time a stage; with ``spark``, log Spark task progress every 15 s while it runs."""
+        if self.before_stage is not None:
+            self.before_stage()
         start = time.perf_counter()
         log.info("[%s] %s ...", self.run_id, name)
         reporter = _ProgressReporter(spark, f"[{self.run_id}] {name}") if spark is not None else None
@@ -78,11 +83,11 @@ class RunRecorder:
             "metrics": {k: float(v) for k, v in self.metrics.items()},
             "input_versions": {k: int(v) for k, v in self.input_versions.items() if v is not None},
             "outputs": dict(self.outputs),
-            "config_json": json.dumps(to_dict(self.cfg), default=str, sort_keys=True),
+            "config_json": json.dumps(redact_config(to_dict(self.cfg)), default=str, sort_keys=True),
             "model_id": self.model_id,
             "embedding_model": self.embedding_model,
             "sparkrag_version": __version__,
-            "error": error,
+            "error": redact_text(error, secret_values(to_dict(self.cfg))),
             "created_at": utcnow(),
         }
 

@@ -30,6 +30,9 @@ _LOCAL_DEFAULTS = {
     "spark.ui.showConsoleProgress": "false",
     "spark.driver.memory": "4g",
 }
+# Local mode only: the driver, block manager and (through SPARK_LOCAL_IP) the UI listen on
+# loopback, not on every interface (issue #17). A cluster master is left to the cluster.
+_LOOPBACK = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
 
 
 def get_spark(cfg: SparkConfig | None = None) -> "SparkSession":
@@ -59,7 +62,10 @@ def get_spark(cfg: SparkConfig | None = None) -> "SparkSession":
     # Under spark-submit the JVM is already up (its PythonRunner hands the gateway port
     # over): connect first so that SparkConf holds the launcher's --master/--conf, which
     # win; our defaults only fill what it left unset.
-    if os.environ.get("PYSPARK_GATEWAY_PORT"):
+    launcher_jvm = bool(os.environ.get("PYSPARK_GATEWAY_PORT"))
+    if not launcher_jvm and cfg.master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # read by the JVM we are about to start
+    if launcher_jvm:
         SparkContext._ensure_initialized()
     launched = SparkConf()
     builder = SparkSession.builder
@@ -69,6 +75,10 @@ def get_spark(cfg: SparkConfig | None = None) -> "SparkSession":
         builder = builder.master(cfg.master)
     master = launched.get("spark.master", cfg.master)
     settings = dict(_LOCAL_DEFAULTS)
+    if launched.get("spark.master", cfg.master).startswith("local"):
+        settings.update(_LOOPBACK)
+        if launcher_jvm and "SPARK_LOCAL_IP" not in os.environ:
+            settings["spark.ui.enabled"] = "false"  # its JVM started without SPARK_LOCAL_IP: the UI would bind *
     settings["spark.sql.shuffle.partitions"] = str(cfg.shuffle_partitions)
     if is_local_master(master):
         # On a cluster Spark's own default (the executors' total cores) is right; a laptop's
