@@ -135,6 +135,7 @@ def _answer(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
 def _pipeline(spark: "SparkSession", cfg: RagConfig, index_fn, lexical_fn):
     """questions DataFrame -> answer rows (stage2_schema): retrieval, then generation."""
     from sparkrag.answer_stages import make_generate_stage, make_retrieve_stage, stage1_schema, stage2_schema
+    from sparkrag.spark import map_in_pandas
 
     parallelism = max(spark.sparkContext.defaultParallelism, 1)
     generate_partitions = cfg.answer.generate_partitions or parallelism
