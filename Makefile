@@ -1,7 +1,7 @@
 # Two commands set up everything on a fresh machine (Java 17 is the only system prerequisite):
 #   make demo   runs ingest then answer on the bundled sample (local Spark, Delta on disk, embedded Chroma)
 #   make test   runs the test suite: all of it on the default stack, the Delta/ingest/answer/SQL
-#               tests on the two native-Delta stacks too
+#               tests on the two native-Delta stacks too (and the multi-node test on Spark 3.5)
 # STACK=delta-rs (default) | spark4-native | spark3.5-native picks the Spark + Delta stack of
 # `make demo` / `make test` (resources/stacks/stacks.py; native stacks fetch their jars once).
 VENV ?= .venv
@@ -38,7 +38,8 @@ test: $(STAMP)
 else
 test: install-stacks
 	$(PYTEST) tests
-	for s in $(NATIVE_STACKS); do env $(call stack_env,$$s) $(PYTEST) $(NATIVE_TESTS) || exit 1; done
+	env $(call stack_env,spark4-native) $(PYTEST) $(NATIVE_TESTS)
+	env $(call stack_env,spark3.5-native) $(PYTEST) $(NATIVE_TESTS) tests/test_multinode.py
 endif
 
 # Includes the opt-in `slow` tests; `gpu` tests need an NVIDIA GPU.

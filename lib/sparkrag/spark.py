@@ -63,7 +63,7 @@ def get_spark(cfg: SparkConfig | None = None) -> "SparkSession":
     # over): connect first so that SparkConf holds the launcher's --master/--conf, which
     # win; our defaults only fill what it left unset.
     launcher_jvm = bool(os.environ.get("PYSPARK_GATEWAY_PORT"))
-    if not launcher_jvm and cfg.master.startswith("local"):
+    if not launcher_jvm and is_local_master(cfg.master):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # read by the JVM we are about to start
     if launcher_jvm:
         SparkContext._ensure_initialized()
@@ -73,14 +73,12 @@ def get_spark(cfg: SparkConfig | None = None) -> "SparkSession":
         builder = builder.appName(cfg.app_name)
     if not launched.contains("spark.master"):
         builder = builder.master(cfg.master)
-    master = launched.get("spark.master", cfg.master)
     settings = dict(_LOCAL_DEFAULTS)
-    if launched.get("spark.master", cfg.master).startswith("local"):
+    settings["spark.sql.shuffle.partitions"] = str(cfg.shuffle_partitions)
+    if is_local_master(launched.get("spark.master", cfg.master)):
         settings.update(_LOOPBACK)
         if launcher_jvm and "SPARK_LOCAL_IP" not in os.environ:
             settings["spark.ui.enabled"] = "false"  # its JVM started without SPARK_LOCAL_IP: the UI would bind *
-    settings["spark.sql.shuffle.partitions"] = str(cfg.shuffle_partitions)
-    if is_local_master(master):
         # On a cluster Spark's own default (the executors' total cores) is right; a laptop's
         # count would leave most of the cluster idle in every RDD stage (issue 12).
         settings["spark.default.parallelism"] = str(cfg.shuffle_partitions)
