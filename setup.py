@@ -30,6 +30,8 @@ setup(
         "matplotlib>=3.8",  # evaluation report plots (Agg backend, no display)
         # BM25 for retrieval.mode lexical/hybrid: local Chroma 1.5 has no full-text ranking.
         "bm25s>=0.2.10,<0.4",
+        # Snowball stemming for the BM25 index (lexical.stemmer, issue #16); manylinux wheels, no compiler.
+        "PyStemmer>=2.2",
     ],
     extras_require={
         # Spark itself: Databricks runtimes and clusters bring their own, so the wheel does
