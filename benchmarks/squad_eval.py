@@ -46,11 +46,12 @@ def article_split(titles, split: str) -> set[str]:
 
 
 def load_jsonl_tables(spark, data: Path, overrides: list[str], *, sample: int | None = None,
-                      seed: int = 0, split: str = "all") -> dict[str, int]:
+                      seed: int = 0, split: str = "all", questions_only: bool = False) -> dict[str, int]:
     """documents.jsonl and questions.jsonl -> the documents and questions Delta tables (overwritten).
 
     ``sample``: keep that many questions drawn at random (``seed``); None keeps all.
     ``split``: keep the questions of these articles (:func:`article_split`).
+    ``questions_only``: leave the documents table as it is.
     """
     import pandas as pd
 
@@ -62,6 +63,8 @@ def load_jsonl_tables(spark, data: Path, overrides: list[str], *, sample: int | 
     counts = {}
     for name, table, ddl in (("documents", cfg.names.documents, DOCUMENTS_DDL),
                              ("questions", cfg.names.questions, QUESTIONS_DDL)):
+        if questions_only and name == "documents":
+            continue
         pdf = pd.read_json(data / f"{name}.jsonl", lines=True, dtype=False)
         if name == "questions" and split != "all":
             pdf = pdf[pdf["title"].isin(article_split(pdf["title"], split))]
@@ -90,6 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path, default=Path("/work/shared/data/squad2-train10"))
     parser.add_argument("--workdir", type=Path, help="tables, Chroma and report (default: a fresh temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the temp workdir")
+    parser.add_argument("--reuse", action="store_true",
+                        help="--workdir was ingested before: reload the questions only, ingest incrementally "
+                             "(the lexical index is rebuilt only if its settings changed)")
     parser.add_argument("--limit", type=int, help="answer only the first N questions (by question_id)")
     parser.add_argument("--sample", type=int, help="load only N questions drawn at random (--seed)")
     parser.add_argument("--seed", type=int, default=0)
@@ -107,6 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override passed to every job")
     args = parser.parse_args(argv)
+    if args.reuse and not args.workdir:
+        parser.error("--reuse needs --workdir")
 
     from sparkrag.config import SparkConfig
     from sparkrag.jobs.answer import run as answer_main
@@ -123,9 +131,11 @@ def main(argv: list[str] | None = None) -> dict:
     timings: dict[str, float] = {}
     try:
         counts = _timed("load", lambda: load_jsonl_tables(spark, args.data, overrides, sample=args.sample,
-                                                              seed=args.seed, split=args.split), timings)
+                                                              seed=args.seed, split=args.split,
+                                                              questions_only=args.reuse), timings)
         print(f"loaded {counts} into {workdir / 'tables'}", flush=True)
-        _timed("ingest", lambda: ingest_main([*common, "--full-refresh"], spark=spark), timings)
+        _timed("ingest", lambda: ingest_main([*common] if args.reuse else [*common, "--full-refresh"], spark=spark),
+               timings)
         answer_argv = [*common, "--generator", args.generator, "--retrieval-mode", args.retrieval_mode,
                        "--vector-search", args.vector_search]
         if args.model:
