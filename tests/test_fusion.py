@@ -7,6 +7,7 @@ tests are about: they fix the dense ranking so the fused order can be checked by
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -17,7 +18,7 @@ from sparkrag.errors import ConfigError
 from sparkrag.exact import ExactIndex
 from sparkrag.fusion import aggregate_documents, fuse_rankings
 from sparkrag.lexical import LexicalIndex
-from sparkrag.retrieve import retrieve_contexts
+from sparkrag.retrieve import check_retrieval_config, retrieve_contexts
 
 DENSE = [("a", -0.10), ("b", -0.12), ("c", -0.40), ("d", -0.45)]
 LEXICAL = [("c", 20.0), ("e", 4.0), ("b", 3.5)]
@@ -84,6 +85,19 @@ def test_fusion_settings_are_checked():
     with pytest.raises(ConfigError, match="retrieval.doc_aggregation"):
         retrieve_contexts([{}], np.ones((1, 2)), cfg=RetrievalConfig(doc_aggregation="mean"),  # type: ignore[arg-type]
                           index=index)
+
+
+def test_compare_mode_variants_are_valid_settings():
+    from sparkrag.compare import MODES, VARIANTS
+    from sparkrag.evaluate import EvalOptions, check_options
+
+    for mode, options, title_weight in VARIANTS.values():
+        check_retrieval_config(dataclasses.replace(RetrievalConfig(), mode=mode, **options))
+        assert title_weight is None or title_weight >= 0
+    assert {"dense", "lexical", "hybrid", "hybrid-rrf"} <= set(MODES)
+    check_options(EvalOptions(compare_modes=("hybrid", "hybrid-rrf", "lexical-notitle"), report_dir=None))
+    with pytest.raises(ConfigError, match="compare_modes .*expected some of dense, lexical, hybrid, hybrid-rrf"):
+        check_options(EvalOptions(compare_modes=("bm25",), report_dir=None))
 
 
 # ---- through retrieve_contexts ----

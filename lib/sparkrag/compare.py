@@ -1,8 +1,8 @@
 """Retrieval modes side by side: recall@k and MRR of dense, lexical and hybrid on the same questions.
 
 The evaluation job's ``--compare-modes``: each question with a gold document id is
-retrieved once per mode (or named variant, :data:`VARIANTS`) through :func:`sparkrag.retrieve.retrieve_contexts`, the answer
-job's own code, with the configured filters and post-query filters (the re-ranker is left
+retrieved once per mode (or named variant, :data:`VARIANTS`) through
+:func:`sparkrag.retrieve.retrieve_contexts`, the answer job's own code, with the configured filters and post-query filters (the re-ranker is left
 out: it would hide the retrievers' differences). Runs on the driver: a sample of a few
 thousand questions takes seconds per mode.
 
