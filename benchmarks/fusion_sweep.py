@@ -40,7 +40,8 @@ def corpus(data: Path, cache: Path):
     questions = [json.loads(line) for line in (data / "questions.jsonl").open(encoding="utf-8")]
     enc = EncoderConfig()
     tokenizer = load_tokenizer(resolve_model_path(enc.model))
-    split = split_texts([d["text"] for d in docs], tokenizer, chunk_budget(tokenizer, encoder=enc, chunking=ChunkConfig()))
+    budget = chunk_budget(tokenizer, encoder=enc, chunking=ChunkConfig())
+    split = split_texts([d["text"] for d in docs], tokenizer, budget)
     chunks = [(f"{d['doc_id']}:{c.index}", d["doc_id"], c.text, {"doc_id": d["doc_id"], "title": d["title"]})
               for d, cs in zip(docs, split) for c in cs]
     cache.mkdir(parents=True, exist_ok=True)
@@ -77,10 +78,12 @@ def score(ranked, doc_of, gold, mask) -> list[float]:
             ranks.append(docs.index(g) + 1 if g in docs else 0)
     r = np.asarray(ranks)
     found = r > 0
-    return [float(np.mean(found & (r <= k))) for k in (1, 5, 10)] + [float(np.mean(np.where(found, 1 / np.maximum(r, 1), 0)))]
+    mrr = float(np.mean(np.where(found, 1 / np.maximum(r, 1), 0)))
+    return [float(np.mean(found & (r <= k))) for k in (1, 5, 10)] + [mrr]
 
 
-def fused(dense, lexical, doc_of, *, method="zscore", k=60, weights=None, aggregation="none", which=("dense", "lexical")):
+def fused(dense, lexical, doc_of, *, method="zscore", k=60, weights=None, aggregation="none",
+          which=("dense", "lexical")):
     from sparkrag.fusion import aggregate_documents, fuse_rankings
 
     out = []

@@ -40,8 +40,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--top-k", type=int, default=10)
     args = parser.parse_args(argv)
-    cfg = load_config(RagConfig, None, [f"tables.root={args.workdir / 'tables'}", f"chroma.path={args.workdir / 'chroma'}",
-                                        "chroma.collection=squad", f"retrieval.top_k={args.top_k}"])
+    cfg = load_config(RagConfig, None, [f"tables.root={args.workdir / 'tables'}", "chroma.collection=squad",
+                                        f"chroma.path={args.workdir / 'chroma'}", f"retrieval.top_k={args.top_k}"])
     questions = [json.loads(line) for line in (args.data / "questions.jsonl").open(encoding="utf-8")]
     keep = article_split([q["title"] for q in questions], args.split)
     texts = [q["question"] for q in questions if q["title"] in keep]
@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
         lexical = LexicalIndex.load(os.path.join(cfg.lexical.path, name))
         versions["after" if lexical.settings.get("stemmer") else "before"] = lexical
     if set(versions) != {"before", "after"}:
-        raise SystemExit(f"{cfg.lexical.path}: expected an old-settings and a new-settings version, got {sorted(versions)}")
+        raise SystemExit(f"{cfg.lexical.path}: expected an old- and a new-settings version, got {sorted(versions)}")
     hybrid = dataclasses.replace(cfg.retrieval, mode="hybrid", fetch_k=max(cfg.retrieval.fetch_k, args.top_k))
     setups = {"before": (dataclasses.replace(hybrid, fusion="rrf", rrf_k=60, weights={"dense": 1.0, "lexical": 1.0}),
                          versions["before"]),

@@ -2,8 +2,9 @@
 
 The evaluation job's ``--compare-modes``: each question with a gold document id is
 retrieved once per mode (or named variant, :data:`VARIANTS`) through
-:func:`sparkrag.retrieve.retrieve_contexts`, the answer job's own code, with the configured filters and post-query filters (the re-ranker is left
-out: it would hide the retrievers' differences). Runs on the driver: a sample of a few
+:func:`sparkrag.retrieve.retrieve_contexts`, the answer job's own code, with the configured
+filters and post-query filters (the re-ranker is left out: it would hide the retrievers'
+differences). Runs on the driver: a sample of a few
 thousand questions takes seconds per mode.
 
 Variants set one retrieval option each on top of the configured ones, so a run shows what
