@@ -41,6 +41,8 @@ setup(
         "numpy>=1.23.5",  # 15.4 ML: 1.23.5, 16.4 ML: 1.26.4
         "pyyaml>=6.0",  # 15.4 ML: 6.0, 16.4 ML: 6.0.1
         "matplotlib>=3.7.2",  # evaluation report plots (Agg backend); 15.4 ML: 3.7.2, 16.4 ML: 3.8.4
+        # Snowball stemming for the BM25 index (lexical.stemmer, issue #16); manylinux wheels, no compiler.
+        "PyStemmer>=2.2",
     ],
     extras_require={
         "models": MODELS,

@@ -49,7 +49,9 @@ def build_parser():
                         help="questions in the ANN audit; 0 disables it (default: %(default)s)")
     parser.add_argument("--ann-k", metavar="K", type=int, default=d.ann_k, help="ANN recall@K (default: %(default)s)")
     parser.add_argument("--compare-modes", metavar="MODE,MODE", default="",
-                        help="retrieval modes compared side by side (dense,lexical,hybrid); '' for none")
+                        help="retrieval modes compared side by side: dense, lexical, hybrid or a variant "
+                             "(hybrid-rrf, hybrid-weighted, hybrid-zscore, hybrid-docmax, hybrid-docsum, "
+                             "lexical-notitle, hybrid-notitle, hybrid-rrf-notitle); '' for none")
     parser.add_argument("--compare-sample", metavar="N", type=int, default=d.compare_sample,
                         help="questions in the mode comparison; 0: all with a gold document (default: %(default)s)")
     parser.add_argument("--ks", metavar="K,K", default=",".join(map(str, d.ks)),

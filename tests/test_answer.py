@@ -457,7 +457,7 @@ def test_hybrid_run_applies_every_filter_and_records_retrievers(indexed, hybrid)
     for qid, row in hybrid.by_id.items():
         if qid in EMPTY:
             continue
-        assert row["retrieval_mode"] == "hybrid" and json.loads(row["filters_json"])["fusion"]["method"] == "rrf"
+        assert row["retrieval_mode"] == "hybrid" and json.loads(row["filters_json"])["fusion"]["method"] == "zscore"
         checks = filter_checks(qid)
         assert all(passes(checks, c) for c in row["contexts"]), qid
         assert len({c["doc_id"] for c in row["contexts"]}) == len(row["contexts"]), qid

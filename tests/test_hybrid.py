@@ -33,7 +33,7 @@ NOTES = [
     ("doctor-visit", "The physician prescribed medication to relieve the patient's persistent cough."),
 ]
 RARE_Q = "Which frame holds bracket ZQ-8841?"  # only the code tells note-8841 from its three near-twins
-PARAPHRASE_Q = "What remedy did the medic suggest for the sick fellow's chest complaint?"  # no shared term
+PARAPHRASE_Q = "What remedy did the doctor suggest for the sick fellow's chest complaint?"  # no shared stem
 TOP_K = 3
 MODES = ("dense", "lexical", "hybrid")
 
@@ -106,20 +106,23 @@ def test_contexts_record_their_retrievers_ranks_and_true_distances(indexes):
         scores = [c["fusion_score"] for c in contexts]
         assert scores == sorted(scores, reverse=True) and [c["rank"] for c in contexts] == list(range(1, 11))
         assert lineage[i]["mode"] == "hybrid" and lineage[i]["fusion"] == {
-            "method": "rrf", "rrf_k": 60, "weights": {"dense": 1.0, "lexical": 1.0}}
+            "method": "zscore", "rrf_k": 60, "weights": {"dense": 1.0, "lexical": 1.0}}
+        assert lineage[i]["post_query"]["doc_aggregation"] == "none"
     for mode, found in single.items():
         assert all(c["retrievers"] == {mode: c["rank"]} and c["fusion_score"] is None for cs in found for c in cs)
 
 
-@pytest.mark.parametrize("vector", ["exact", "chroma"])
-def test_filters_hold_in_every_mode(indexes, vector):
+@pytest.mark.parametrize("vector, options", [("exact", {}), ("chroma", {}), ("chroma", {"fusion": "rrf"}),
+                                             ("chroma", {"doc_aggregation": "sum", "fusion": "weighted"})])
+def test_filters_hold_in_every_mode(indexes, vector, options):
     where, where_document = {"source": "notes"}, {"$contains": "cabinet"}
     rows = [{"src": "notes"}, {"src": "wiki"}]
     questions = [RARE_Q, "Which bracket is fastened with four screws?"]
     for mode in MODES:
-        static, _ = retrieve(indexes, questions, vector=vector, mode=mode, where=where, where_document=where_document)
+        static, _ = retrieve(indexes, questions, vector=vector, mode=mode, where=where, where_document=where_document,
+                             **options)
         per_row, lineage = retrieve(indexes, questions, vector=vector, mode=mode, rows=rows,
-                                    where_columns={"source": "src"})
+                                    where_columns={"source": "src"}, **options)
         for contexts in static:
             passing = filter_mask([c["metadata"] | {"doc_id": c["doc_id"]} for c in contexts],
                                   [c["text"] for c in contexts], where, where_document)

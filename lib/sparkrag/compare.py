@@ -1,13 +1,22 @@
 """Retrieval modes side by side: recall@k and MRR of dense, lexical and hybrid on the same questions.
 
 The evaluation job's ``--compare-modes``: each question with a gold document id is
-retrieved once per mode through :func:`sparkrag.retrieve.retrieve_contexts`, the answer
-job's own code, with the configured filters and post-query filters (the re-ranker is left
-out: it would hide the retrievers' differences). Runs on the driver: a sample of a few
+retrieved once per mode (or named variant, :data:`VARIANTS`) through
+:func:`sparkrag.retrieve.retrieve_contexts`, the answer job's own code, with the configured
+filters and post-query filters (the re-ranker is left out: it would hide the retrievers'
+differences). Runs on the driver: a sample of a few
 thousand questions takes seconds per mode.
 
+Variants set one retrieval option each on top of the configured ones, so a run shows what
+each option of issue #16 buys: ``hybrid-rrf`` is reciprocal rank fusion (k=60, equal
+weights, the default before issue #16), ``hybrid-weighted`` min-max fusion, ``hybrid-zscore``
+z-score fusion, ``hybrid-docmax``/``hybrid-docsum`` document aggregation,
+``lexical-notitle``/``hybrid-notitle`` BM25 without the title field. What the lexical
+index was built with (stemming, accent folding) is fixed at ingest: compare those with two
+ingests (benchmarks/README.md, issue #16).
+
 Example:
-    >>> compare_retrieval_modes(spark, cfg, modes=("dense", "hybrid"), ks=(1, 5))  # doctest: +SKIP
+    >>> compare_retrieval_modes(spark, cfg, modes=("dense", "hybrid", "hybrid-rrf"), ks=(1, 5))  # doctest: +SKIP
     {'dense': {'recall@1': 0.52, ..., 'mrr': 0.63, 'queries_per_s': 410.0, 'queries': 100}, ...}
 """
 
@@ -29,11 +38,26 @@ if TYPE_CHECKING:
 
     from sparkrag.tables import Tables
 
-__all__ = ["compare_retrieval_modes", "MODES"]
+__all__ = ["compare_retrieval_modes", "MODES", "VARIANTS"]
 
 log = logging.getLogger(__name__)
 
-MODES = ("dense", "lexical", "hybrid")
+_RRF = {"fusion": "rrf", "rrf_k": 60, "weights": {"dense": 1.0, "lexical": 1.0}}
+# name -> (retrieval.mode, retrieval options replaced, lexical title weight or None to keep the index's)
+VARIANTS: dict[str, tuple[str, dict[str, Any], float | None]] = {
+    "dense": ("dense", {}, None),
+    "lexical": ("lexical", {}, None),
+    "hybrid": ("hybrid", {}, None),
+    "hybrid-rrf": ("hybrid", _RRF, None),
+    "hybrid-weighted": ("hybrid", {"fusion": "weighted"}, None),
+    "hybrid-zscore": ("hybrid", {"fusion": "zscore"}, None),
+    "hybrid-docmax": ("hybrid", {"doc_aggregation": "max"}, None),
+    "hybrid-docsum": ("hybrid", {"doc_aggregation": "sum"}, None),
+    "lexical-notitle": ("lexical", {}, 0.0),
+    "hybrid-notitle": ("hybrid", {}, 0.0),
+    "hybrid-rrf-notitle": ("hybrid", _RRF, 0.0),
+}
+MODES = tuple(VARIANTS)
 
 
 def _questions(tables: "Tables", cfg: RagConfig, gold_column: str, sample: int, seed: int) -> "pd.DataFrame":
@@ -70,7 +94,7 @@ def compare_retrieval_modes(spark: "SparkSession", cfg: RagConfig, *, modes: Seq
     """recall@k, MRR and queries/s per retrieval mode over the questions with a gold document.
 
     Args:
-        modes: a subset of ``dense``, ``lexical``, ``hybrid``.
+        modes: names of :data:`VARIANTS` (``dense``, ``lexical``, ``hybrid``: as configured).
         ks: recall cut-offs; retrieval keeps ``max(ks)`` contexts.
         gold_column: the questions table's gold document id column.
         sample: questions drawn at random (``seed``); 0: all of them.
@@ -101,17 +125,20 @@ def compare_retrieval_modes(spark: "SparkSession", cfg: RagConfig, *, modes: Seq
     vectors = check_vectors(make_encode_fn(cfg.encoder, role="query")()(texts), rows=len(texts), dim=dim,
                             model=model_id)
     index = _dense_index(spark, tables, cfg, dim)
-    lexical = LexicalIndex.load(current_version_dir(cfg.lexical.path)) if set(modes) - {"dense"} else None
+    needs_lexical = any(VARIANTS[m][0] != "dense" for m in modes)
+    lexical = LexicalIndex.load(current_version_dir(cfg.lexical.path)) if needs_lexical else None
     extra = [c for c in pdf.columns if c not in ("_question", "_gold")]
     rows = [{c: pdf.at[i, c] for c in extra} for i in range(len(pdf))]  # to_dict("records") of 0 columns is []
     top = max(ks)
     out: dict[str, dict[str, float]] = {}
     for mode in modes:
-        retrieval = dataclasses.replace(cfg.retrieval, mode=mode, top_k=top, fetch_k=max(cfg.retrieval.fetch_k, top),
-                                        rerank_model=None)
+        base, options, title_weight = VARIANTS[mode]
+        retrieval = dataclasses.replace(cfg.retrieval, **{**options, "mode": base, "top_k": top, "rerank_model": None,
+                                                          "fetch_k": max(cfg.retrieval.fetch_k, top)})
+        lexical_view = lexical if lexical is None or title_weight is None else lexical.with_title_weight(title_weight)
         start = time.perf_counter()
-        contexts, _ = retrieve_contexts(rows, vectors, cfg=retrieval, index=index, lexical=lexical, query_texts=texts,
-                                        space=cfg.chroma.space)
+        contexts, _ = retrieve_contexts(rows, vectors, cfg=retrieval, index=index, lexical=lexical_view,
+                                        query_texts=texts, space=cfg.chroma.space)
         seconds = time.perf_counter() - start
         ranks = np.array([next((c["rank"] for c in cs if c["doc_id"] == gold), 0)
                           for cs, gold in zip(contexts, pdf["_gold"])])

@@ -104,9 +104,11 @@ def check_options(opts: EvalOptions) -> None:
         raise ConfigError(f"ks: expected positive integers, got {opts.ks!r}")
     if opts.ann_sample < 0:
         raise ConfigError(f"ann_sample: expected >= 0 (0 disables the audit), got {opts.ann_sample}")
-    unknown = [m for m in opts.compare_modes if m not in ("dense", "lexical", "hybrid")]
+    from sparkrag.compare import MODES
+
+    unknown = [m for m in opts.compare_modes if m not in MODES]
     if unknown:
-        raise ConfigError(f"compare_modes (--compare-modes): expected dense, lexical or hybrid, got {unknown}")
+        raise ConfigError(f"compare_modes (--compare-modes): expected some of {', '.join(MODES)}, got {unknown}")
     if opts.compare_sample < 0:
         raise ConfigError(f"compare_sample: expected >= 0 (0: every question), got {opts.compare_sample}")
     if opts.ann_k < 1:

@@ -10,6 +10,12 @@ Layout under ``lexical.path`` (a folder beside the Chroma directory)::
 
     manifest.json        {"version": "v-...", "chunks_version": 7, "fingerprint": ..., "chunks": n}
     v-<time>-<id>/       bm25s arrays + chunks.parquet (chunk_id, text, metadata_json)
+                         + title/ (bm25s arrays of the chunks' titles, when titles are indexed)
+
+What is indexed (issue #16, measured on squad2-train10's tuning half; see LexicalConfig):
+lower-case words, accents folded (``fold_accents``), stopwords dropped, Snowball-stemmed
+(``stemmer``), and each chunk's title (its metadata ``title``) as a second field whose
+BM25 score is added with ``title_weight``. Queries are tokenized the same way.
 
 A build writes a new version folder, then replaces ``manifest.json`` atomically
 (``os.replace``): a reader resolves the manifest once and never sees a half-built index.
@@ -41,59 +47,112 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 
 from sparkrag.config import LexicalConfig
-from sparkrag.errors import SchemaError, VectorStoreError
+from sparkrag.errors import ConfigError, SchemaError, VectorStoreError
 from sparkrag.filters import check_where, check_where_document, filter_mask
 from sparkrag.models import worker_cached
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["LexicalIndex", "read_manifest", "current_version_dir", "sync_lexical_index", "make_lexical_fn",
-           "ship_lexical_index"]
+__all__ = ["LexicalIndex", "fold_accents", "read_manifest", "current_version_dir", "sync_lexical_index",
+           "make_lexical_fn", "ship_lexical_index"]
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-_FORMAT = 1  # bump when the folder layout changes: old indexes are rebuilt
+_FORMAT = 2  # bump when the folder layout changes: old indexes are rebuilt (2: title field, stemming)
 _KEEP_VERSIONS = 2  # the current one and the one before (a reader may still be on it)
 
 
-def _tokenize(texts: Sequence[str], stopwords: str, *, return_ids: bool) -> Any:
+def fold_accents(text: str) -> str:
+    """``text`` without combining marks after NFKD ("Beyoncé" -> "Beyonce")."""
+    import unicodedata
+
+    if text.isascii():
+        return text
+    return "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+
+
+def _stemmer(language: str) -> Any:
+    """A PyStemmer Snowball stemmer, once per process (None for "")."""
+    if not language:
+        return None
+    import Stemmer
+
+    try:
+        return worker_cached(("sparkrag.lexical.stemmer", language), lambda: Stemmer.Stemmer(language))
+    except KeyError as exc:
+        raise ConfigError(f"lexical.stemmer: unknown language {language!r} "
+                          f"(known: {', '.join(Stemmer.algorithms())})") from exc
+
+
+def _tokenize(texts: Sequence[str], settings: Mapping[str, Any], *, return_ids: bool) -> Any:
+    """bm25s tokens of ``texts`` as the index's settings say (an index of format 1 had no fold/stem keys)."""
     import bm25s
 
-    return bm25s.tokenize(list(texts), stopwords=stopwords or None, return_ids=return_ids, show_progress=False)
+    texts = [fold_accents(t) for t in texts] if settings.get("fold_accents") else list(texts)
+    return bm25s.tokenize(texts, stopwords=settings.get("stopwords") or None,
+                          stemmer=_stemmer(settings.get("stemmer", "")), return_ids=return_ids, show_progress=False)
+
+
+def _bm25(tokens: Any, k1: float, b: float) -> Any:
+    """A bm25s index of ``tokens``, or None when the corpus has no term at all (bm25s cannot index it)."""
+    import bm25s
+
+    if not tokens.vocab:
+        return None
+    bm25 = bm25s.BM25(k1=k1, b=b)
+    bm25.index(tokens, show_progress=False)
+    return bm25
 
 
 class LexicalIndex:
     """BM25 over chunk texts, with each chunk's Chroma metadata for pre-query filters.
 
     ``query`` answers like ``Collection.query`` but takes texts and returns BM25 ``scores``
-    (higher is better); chunks sharing no term with the query are never returned.
+    (higher is better); chunks sharing no term with the query (text or title) are never
+    returned. ``title_bm25`` scores the chunks' titles, added with ``settings["title_weight"]``.
     """
 
     def __init__(self, ids: Sequence[str], documents: Sequence[str], metadatas: Sequence[Mapping[str, Any]],
-                 bm25: Any, settings: Mapping[str, Any]) -> None:
+                 bm25: Any, settings: Mapping[str, Any], title_bm25: Any = None) -> None:
         self.ids, self.documents = [str(i) for i in ids], list(documents)
         self.metadatas = [dict(m or {}) for m in metadatas]
         if not len(self.ids) == len(self.documents) == len(self.metadatas):
             raise SchemaError(f"LexicalIndex: expected {len(self.ids)} documents and metadatas, "
                               f"got {len(self.documents)} and {len(self.metadatas)}")
-        self.bm25, self.settings = bm25, dict(settings)
+        self.bm25, self.settings, self.title_bm25 = bm25, dict(settings), title_bm25
         self._masks: dict[str, np.ndarray] = {}
 
     @classmethod
     def build(cls, ids: Sequence[str], documents: Sequence[str], metadatas: Sequence[Mapping[str, Any]],
               cfg: LexicalConfig) -> "LexicalIndex":
-        """Tokenize (lower-case words, ``cfg.stopwords`` removed) and index ``documents``."""
-        import bm25s
+        """Tokenize and index ``documents``, and their metadata titles when ``cfg.title_weight`` > 0.
 
-        settings = {"k1": cfg.k1, "b": cfg.b, "stopwords": cfg.stopwords, "format": _FORMAT}
-        tokens = _tokenize(documents, cfg.stopwords, return_ids=True)
-        bm25 = None
-        if tokens.vocab:  # bm25s cannot index a corpus without a single term
-            bm25 = bm25s.BM25(k1=cfg.k1, b=cfg.b)
-            bm25.index(tokens, show_progress=False)
-        return cls(ids, documents, metadatas, bm25, settings)
+        Raises:
+            ConfigError: ``cfg.title_weight`` is negative or ``cfg.stemmer`` unknown.
+        """
+        if not cfg.title_weight >= 0:
+            raise ConfigError(f"lexical.title_weight: expected >= 0, got {cfg.title_weight!r}")
+        settings = {"k1": cfg.k1, "b": cfg.b, "stopwords": cfg.stopwords, "stemmer": cfg.stemmer,
+                    "fold_accents": cfg.fold_accents, "title_weight": cfg.title_weight, "format": _FORMAT}
+        bm25 = _bm25(_tokenize(documents, settings, return_ids=True), cfg.k1, cfg.b)
+        title_bm25 = None
+        if cfg.title_weight > 0:
+            titles = [str((m or {}).get("title") or "") for m in metadatas]
+            title_bm25 = _bm25(_tokenize(titles, settings, return_ids=True), cfg.k1, cfg.b)
+        return cls(ids, documents, metadatas, bm25, settings, title_bm25)
+
+    def with_title_weight(self, weight: float) -> "LexicalIndex":
+        """The same index scoring titles with ``weight`` (0: text only); arrays are shared, not copied.
+
+        Only a weight > 0 on an index built with titles can score them.
+        """
+        copy = LexicalIndex.__new__(LexicalIndex)
+        copy.__dict__.update(self.__dict__)
+        copy.settings = {**self.settings, "title_weight": float(weight)}
+        copy._masks = self._masks
+        return copy
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -121,7 +180,7 @@ class LexicalIndex:
             check_where_document(where_document, option="where_document")
         mask = self._mask(where, where_document)
         out: dict[str, list[list[Any]]] = {"ids": [], "scores": [], "documents": [], "metadatas": []}
-        for tokens in _tokenize(query_texts, self.settings["stopwords"], return_ids=False):
+        for tokens in _tokenize(query_texts, self.settings, return_ids=False):
             picked, scores = self._top(tokens, n_results, mask)
             out["ids"].append([self.ids[i] for i in picked])
             out["scores"].append(scores)
@@ -133,6 +192,9 @@ class LexicalIndex:
         if self.bm25 is None or not tokens or k < 1:  # bm25s fails on a query with no token left
             return [], []
         scores = np.asarray(self.bm25.get_scores(tokens), dtype=np.float64)
+        weight = float(self.settings.get("title_weight") or 0.0)
+        if weight > 0 and self.title_bm25 is not None:  # BM25F-like: the fields' scores add up
+            scores = scores + weight * np.asarray(self.title_bm25.get_scores(tokens), dtype=np.float64)
         if mask is not None:
             scores = np.where(mask, scores, 0.0)
         hits = np.flatnonzero(scores > 0)
@@ -151,6 +213,8 @@ class LexicalIndex:
         os.makedirs(folder, exist_ok=True)
         if self.bm25 is not None:
             self.bm25.save(folder, show_progress=False)
+        if self.title_bm25 is not None:
+            self.title_bm25.save(os.path.join(folder, "title"), show_progress=False)
         rows = pa.table({"chunk_id": self.ids, "text": self.documents,
                          "metadata_json": [json.dumps(m, sort_keys=True) for m in self.metadatas]})
         pq.write_table(rows, os.path.join(folder, "chunks.parquet"))
@@ -174,9 +238,12 @@ class LexicalIndex:
         except (OSError, ValueError) as exc:
             raise VectorStoreError(f"lexical index at {folder} is missing or incomplete ({exc}); "
                                    "rerun the ingest job") from exc
-        has_bm25 = os.path.exists(os.path.join(folder, "params.index.json"))
-        bm25 = bm25s.BM25.load(folder, show_progress=False) if has_bm25 else None
-        return cls(rows["chunk_id"], rows["text"], [json.loads(m) for m in rows["metadata_json"]], bm25, settings)
+        def bm25_in(where: str) -> Any:
+            has_bm25 = os.path.exists(os.path.join(where, "params.index.json"))
+            return bm25s.BM25.load(where, show_progress=False) if has_bm25 else None
+
+        return cls(rows["chunk_id"], rows["text"], [json.loads(m) for m in rows["metadata_json"]], bm25_in(folder),
+                   settings, bm25_in(os.path.join(folder, "title")))
 
 
 # ---- versions and the manifest ----
@@ -205,7 +272,9 @@ def current_version_dir(path: str) -> str:
 
 
 def _fingerprint(cfg: LexicalConfig) -> str:
-    return json.dumps({"k1": cfg.k1, "b": cfg.b, "stopwords": cfg.stopwords, "format": _FORMAT}, sort_keys=True)
+    return json.dumps({"k1": cfg.k1, "b": cfg.b, "stopwords": cfg.stopwords, "stemmer": cfg.stemmer,
+                       "fold_accents": cfg.fold_accents, "title_weight": cfg.title_weight, "format": _FORMAT},
+                      sort_keys=True)
 
 
 def _publish(path: str, index: LexicalIndex, manifest: dict[str, Any]) -> str:

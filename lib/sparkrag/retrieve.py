@@ -6,9 +6,10 @@
   ``vector_search: exact``), ``lexical`` (:class:`~sparkrag.lexical.LexicalIndex`) or
   ``hybrid`` (both lists fused, :mod:`sparkrag.fusion`). Every mode applies the same pre-
   and in-query filters, and every candidate gets its true vector distance;
-* post-query, after fusion, in this order: ``max_distance``, near-duplicate removal,
-  ``max_chunks_per_doc``, optional cross-encoder re-rank, truncation to ``top_k``. What
-  each removed is recorded; each context records which retrievers found it at what rank.
+* post-query, after fusion (and ``doc_aggregation``), in this order: ``max_distance``,
+  near-duplicate removal, ``max_chunks_per_doc``, optional cross-encoder re-rank,
+  truncation to ``top_k``. What each removed is recorded; each context records which
+  retrievers found it at what rank.
 
 Example:
     >>> contexts, filters_json = retrieve_contexts(rows, vectors, cfg=cfg, index=collection)  # doctest: +SKIP
@@ -28,7 +29,7 @@ from sparkrag.config import RetrievalConfig
 from sparkrag.errors import ConfigError, ModelContractError, SchemaError, VectorStoreError
 from sparkrag.exact import distances
 from sparkrag.filters import build_where, build_where_document, check_where, check_where_document
-from sparkrag.fusion import check_fusion, fuse_rankings
+from sparkrag.fusion import DOC_AGGREGATIONS, aggregate_documents, check_fusion, fuse_rankings
 from sparkrag.rerank import RerankFn
 from sparkrag.vectorstore import RESERVED_METADATA_KEYS
 
@@ -93,6 +94,9 @@ def check_retrieval_config(cfg: RetrievalConfig) -> None:
         hint = " (ann/exact moved to retrieval.vector_search)" if cfg.mode in ("ann", "exact") else ""
         raise ConfigError(f"retrieval.mode: expected 'dense', 'lexical' or 'hybrid', got {cfg.mode!r}{hint}")
     check_fusion(cfg.fusion, cfg.rrf_k, cfg.weights)
+    if cfg.doc_aggregation not in DOC_AGGREGATIONS:
+        raise ConfigError(f"retrieval.doc_aggregation: expected one of {', '.join(DOC_AGGREGATIONS)}, "
+                          f"got {cfg.doc_aggregation!r}")
     if cfg.where is not None:
         check_where(cfg.where)
     if cfg.where_document is not None:
@@ -254,6 +258,7 @@ def find_candidates(rows_wheres: Sequence[Mapping[str, Any] | None], rows_docs: 
         by_id = {c.chunk_id: c for name in lists for c in lists[name][i]}
         fused = fuse_rankings({name: [(c.chunk_id, r) for c, r in zip(lists[name][i], relevance[name][i])]
                                for name in lists}, method=cfg.fusion, k=cfg.rrf_k, weights=cfg.weights)
+        fused = aggregate_documents(fused, {cid: c.doc_id for cid, c in by_id.items()}, how=cfg.doc_aggregation)
         hybrid = len(lists) > 1
         out.append([dataclasses.replace(by_id[cid], retrievers=ranks, fusion_score=score if hybrid else None)
                     for cid, score, ranks in fused])
@@ -358,7 +363,7 @@ def filters_description(cfg: RetrievalConfig, where: Mapping[str, Any] | None,
         "in_query": {"where_document": where_document},
         "post_query": {"max_distance": cfg.max_distance, "dedupe_similarity": cfg.dedupe_similarity,
                        "max_chunks_per_doc": cfg.max_chunks_per_doc, "rerank_model": cfg.rerank_model,
-                       "fetch_k": cfg.fetch_k, "top_k": cfg.top_k},
+                       "fetch_k": cfg.fetch_k, "top_k": cfg.top_k, "doc_aggregation": cfg.doc_aggregation},
     }
     if cfg.mode == "hybrid":
         out["fusion"] = {"method": cfg.fusion, "rrf_k": cfg.rrf_k, "weights": dict(cfg.weights)}
