@@ -25,6 +25,10 @@ _LOCAL_DEFAULTS = {
     "spark.sql.session.timeZone": "UTC",
     # Spark's default INT96 timestamps are misread by delta-rs (1500-01-01 -> 2084-07-20).
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    # Proleptic Gregorian dates as they are (Spark 4's default; Spark 3.5 refuses to write
+    # timestamps before 1900 unless told), as delta-rs and every Spark 3+ reader expect.
+    "spark.sql.parquet.datetimeRebaseModeInWrite": "CORRECTED",
+    "spark.sql.parquet.datetimeRebaseModeInRead": "CORRECTED",
     # Reusing Python workers keeps models cached per worker (off: 8-14 s reload per task).
     "spark.python.worker.reuse": "true",
     "spark.ui.showConsoleProgress": "false",
