@@ -3,8 +3,8 @@
 The answer job splits the questions still to answer into batches of about
 ``answer.checkpoint_rows`` (by a hash of ``question_id``), runs retrieval and generation on
 one batch at a time and appends its rows to ``names.answers_staging`` with a Delta
-transaction id (``txnAppId = sparkrag-answer:<run_id>``, ``txnVersion`` = the batch number,
-one more than the run's last staged batch), so a retried commit is never applied twice.
+transaction id (``txnAppId = sparkrag-answer:<run_id>:<attempt>``, ``txnVersion`` = the
+batch number), so a retried commit is never applied twice.
 The answers MERGE then reads the staged rows, and the run's staged rows are deleted.
 
 A killed or failed run leaves its staged rows behind; a rerun with the same run id (and
@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import math
+import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
 from sparkrag.config import RagConfig, to_dict
@@ -90,13 +91,17 @@ def stage_answers(tables: "Tables", cfg: RagConfig, rec: "RunRecorder", todo: "D
     log.info("answer run %s: %d questions to generate in %d staged batches (%d already staged)", run_id,
              n_pending, n_batches, rec.counts["reused_staged"])
     bucketed = pending.withColumn("_batch", F.pmod(F.xxhash64("question_id"), F.lit(n_batches)))
+    # One transaction id per attempt: a retried commit of a batch applies once, and a later
+    # rerun of the same run id (whose staged rows were merged and deleted, so its batch
+    # numbers start again at 1) is not mistaken for a replay of this one.
+    app_id = f"sparkrag-answer:{run_id}:{uuid.uuid4().hex[:12]}"
     for k in range(n_batches):
         batch = next_batch + k
         rows = (produce(bucketed.where(F.col("_batch") == k).drop("_batch"))
                 .withColumn("run_id", F.lit(run_id)).withColumn("created_at", F.current_timestamp())
                 .withColumn("batch", F.lit(batch)).withColumn("config_fingerprint", F.lit(fingerprint))
                 .select(*[F.col(f.name).cast(f.dataType) for f in STAGED_ANSWERS_SCHEMA.fields]))
-        tables.write(rows, staging, mode="append", txn=(f"sparkrag-answer:{run_id}", batch))
+        tables.write(rows, staging, mode="append", txn=(app_id, batch))
         written = (tables.read(staging).where((F.col("run_id") == run_id) & (F.col("batch") == batch)).count())
         rec.counts["generated"] += written
         rec.counts["staged_batches"] += 1
