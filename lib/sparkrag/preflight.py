@@ -2,7 +2,7 @@
 
 Issue #17: an unwritable ``tables.root`` failed only after planning and embedding, inside a
 476-line trace; two overlapping runs duplicated rows. :func:`check_outputs` probes every
-local output folder (creating it, then a file in it) and raises one
+local output folder (a file written and removed in it, or in its nearest existing parent) and raises one
 :class:`~sparkrag.errors.OutputError` naming the path and the option; :func:`job_lock`
 takes the job's lock (:mod:`sparkrag.locks`).
 """
@@ -48,7 +48,10 @@ def _is_uri(path: str) -> bool:
 
 
 def check_writable(path: str, option: str) -> None:
-    """Raise OutputError unless ``path`` is (or can be made) a folder this process can write.
+    """Raise OutputError unless ``path`` is a folder this process can write, or could create.
+
+    Nothing is left behind: a missing folder is not created, its nearest existing parent is
+    probed instead (a job that fails its checks leaves no trace).
 
     Args:
         path: a local folder; Hadoop URIs are skipped.
@@ -57,9 +60,14 @@ def check_writable(path: str, option: str) -> None:
     if not path or _is_uri(path):
         return
     full = os.path.abspath(path)
+    probe_dir = full
+    while not os.path.isdir(probe_dir) and os.path.dirname(probe_dir) != probe_dir:
+        if os.path.exists(probe_dir):  # a file where a folder should be
+            raise OutputError(f"{option}: {full} is not a folder ({probe_dir} is a file); give a folder "
+                              f"with --set {option}=<path>")
+        probe_dir = os.path.dirname(probe_dir)
     try:
-        os.makedirs(full, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".sparkrag-write-probe-", dir=full)
+        fd, probe = tempfile.mkstemp(prefix=".sparkrag-write-probe-", dir=probe_dir)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
@@ -73,7 +81,7 @@ def output_folders(tables: "Tables", cfg: RagConfig, job: str) -> list[tuple[str
     names = cfg.names
     written = ["chunks", "rejects", "runs"] if job == "ingest" else ["answers", "rejects", "runs"]
     out: list[tuple[str, str]] = []
-    if tables.backend == "delta-rs" and any(tables.is_name(getattr(names, n)) for n in written):
+    if any(tables.is_name(getattr(names, n)) and not tables.is_catalog_table(getattr(names, n)) for n in written):
         out.append((cfg.tables.root, "tables.root"))
     for name in written:
         table = getattr(names, name)

@@ -102,6 +102,15 @@ def detect_backend(spark: "SparkSession", preference: str = "auto") -> Backend:
     return "delta-rs"
 
 
+def _is_commit_conflict(exc: Exception) -> bool:
+    """A commit lost to a concurrent writer, worth retrying: delta-rs's CommitFailedError, the
+    connector's Concurrent*Exception, and its ProtocolChanged/MetadataChanged exceptions when
+    two writers create one table at once."""
+    text = str(exc)
+    return any(mark in text for mark in ("CommitFailed", "Concurrent", "concurrent update", "ProtocolChanged",
+                                         "MetadataChanged", "DELTA_PROTOCOL_CHANGED", "DELTA_METADATA_CHANGED"))
+
+
 def open_tables(spark: "SparkSession", cfg: TablesConfig | None = None) -> "Tables":
     """The Delta I/O layer for this session (backend detected once)."""
     cfg = cfg or TablesConfig()
@@ -220,9 +229,8 @@ class Tables(ABC):
         for attempt in range(self.cfg.commit_retries + 1):
             try:
                 return action()
-            except Exception as exc:  # concurrent commits: CommitFailedError / ConcurrentAppendException
-                text = str(exc)
-                if attempt == self.cfg.commit_retries or not ("CommitFailed" in text or "Concurrent" in text):
+            except Exception as exc:  # concurrent commits: CommitFailedError / Concurrent*Exception
+                if attempt == self.cfg.commit_retries or not _is_commit_conflict(exc):
                     raise
                 time.sleep(min(0.2 * 2**attempt, 5.0))
 
