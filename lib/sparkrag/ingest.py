@@ -230,7 +230,7 @@ def _ingest(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
 
 
 def _heal_duplicate_chunks(tables: "Tables", cfg: RagConfig) -> int:
-    """Delete every chunk of each ``(doc_id, doc_hash)`` whose chunk ids repeat; returns the pair count.
+    """Delete every chunk of each ``(doc_id, doc_hash)`` holding a repeated chunk; returns the pair count.
 
     Overlapping runs of an older sparkrag (or any writer outside the lock) leave a chunk
     twice. One delete commit removes those documents' chunks (atomic: no document is left
@@ -241,8 +241,12 @@ def _heal_duplicate_chunks(tables: "Tables", cfg: RagConfig) -> int:
     if cfg.ingest.full_refresh or not tables.exists(cfg.names.chunks):
         return 0
     chunks = tables.read(cfg.names.chunks)
-    repeated = chunks.groupBy("chunk_id").count().where(F.col("count") > 1).select("chunk_id")
-    pairs = chunks.join(repeated, "chunk_id").select("doc_id", "doc_hash").distinct().cache()
+    # The same chunk under the same doc_hash twice is a duplicate; one chunk id under two
+    # hashes is a document mid-change (a run killed before its stale-pair delete), which the
+    # plan's stale pairs resolve without re-embedding anything.
+    repeated = (chunks.groupBy("chunk_id", "doc_hash").count().where(F.col("count") > 1)
+                .select("chunk_id", "doc_hash"))
+    pairs = chunks.join(repeated, ["chunk_id", "doc_hash"]).select("doc_id", "doc_hash").distinct().cache()
     found = pairs.count()
     if found:
         out = tables.delete_keys(pairs, cfg.names.chunks, keys=["doc_id", "doc_hash"])
