@@ -280,10 +280,13 @@ def test_null_empty_and_repeated_question_ids_are_rejected_the_rest_answered(spa
     answers = [a for a in rows_of(spark, cfg, cfg.names.answers) if a["run_id"] == "answer-ids"]
     assert sorted(a["question_id"] for a in answers) == sorted(q["question_id"] for q in good)
     rejects = [r for r in rows_of(spark, cfg, cfg.names.rejects) if r["run_id"] == "answer-ids"]
-    got = sorted((r["row_key"], r["column"], r["reason"]) for r in rejects)
+    def key(t: tuple) -> tuple:  # a null row_key sorts first
+        return tuple("" if v is None else v for v in t)
+
+    got = sorted(((r["row_key"], r["column"], r["reason"]) for r in rejects), key=key)
     assert got == sorted([(None, "question_id", "null question id"), (" \t", "question_id", "empty question id"),
                           ("dup", "question_id", "duplicate question id (2 rows)"),
-                          ("dup", "question_id", "duplicate question id (2 rows)")])
+                          ("dup", "question_id", "duplicate question id (2 rows)")], key=key)
     assert {json.loads(r["row_json"])["question"] for r in rejects} == {q["question"] for q in bad}
 
 
