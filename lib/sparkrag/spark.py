@@ -148,7 +148,9 @@ def ship_archive(spark: "SparkSession", archive: str) -> None:
 def collect_arrow(df: "DataFrame") -> "pa.Table":
     """``df`` on the driver as a pyarrow Table (``DataFrame.toArrow`` is Spark 4.0+).
 
-    Only for results bounded by design (per-shard summaries, small lookups).
+    Meant for results bounded by design (per-shard summaries, small lookups). Two callers
+    still collect the corpus through it, as they did before with ``toArrow``:
+    ``chroma_sync._desired`` and ``lexical._chunk_rows`` (issue #13 moves both into Spark).
     """
     if hasattr(df, "toArrow"):
         return df.toArrow()
