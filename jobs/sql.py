@@ -208,12 +208,42 @@ def run_sql(
     views = register_table_views(spark, cfg, tables)
     statement = query.strip().rstrip(";").strip()
     try:
-        return spark.sql(statement, args=args or None)
+        return _sql_with_parameters(spark, statement, args)
     except AnalysisException as exc:
-        condition = getattr(exc, "getCondition", getattr(exc, "getErrorClass", lambda: None))()
-        if condition == "TABLE_OR_VIEW_NOT_FOUND":
+        if _condition(exc) == "TABLE_OR_VIEW_NOT_FOUND":
             raise _unknown_view_error(exc, cfg, tables, views) from exc
         raise
+
+
+# Spark 4.1 binds parameters in the parser (SPARK-53573), but a parser injected by an
+# extension (Delta's DeltaSqlParser: delta-io/delta#7640) drops them, so every marker stays
+# unbound. The legacy setting binds them in the analyser, as Spark 4.0 and 3.5 always did.
+_LEGACY_BINDING = "spark.sql.legacy.parameterSubstitution.constantsOnly"
+
+
+def _condition(exc: Exception) -> str | None:
+    """An AnalysisException's error condition (``getErrorClass`` on Spark 3.5)."""
+    return getattr(exc, "getCondition", getattr(exc, "getErrorClass", lambda: None))()
+
+
+def _sql_with_parameters(spark: "SparkSession", statement: str, args: dict[str, Any]) -> "DataFrame":
+    """``spark.sql(statement, args)``; on an unbound parameter, once more with analyser binding."""
+    from pyspark.errors import AnalysisException
+
+    try:
+        return spark.sql(statement, args=args or None)
+    except AnalysisException as exc:
+        if not args or _condition(exc) != "UNBOUND_SQL_PARAMETER":
+            raise
+    before = spark.conf.get(_LEGACY_BINDING, None)
+    spark.conf.set(_LEGACY_BINDING, "true")
+    try:  # classic Spark analyses in spark.sql(): the setting can be restored right after
+        return spark.sql(statement, args=args)
+    finally:
+        if before is None:
+            spark.conf.unset(_LEGACY_BINDING)
+        else:
+            spark.conf.set(_LEGACY_BINDING, before)
 
 
 # -- files ------------------------------------------------------------------------------

@@ -172,7 +172,7 @@ def make_generate_stage(cfg: RagConfig) -> tuple[Callable[[Iterator["pd.DataFram
     def answer(rows: list[dict], model: Any) -> "pd.DataFrame":
         import pandas as pd
 
-        answered = _isolated_answers(rows, model, extractive)
+        answered = _isolated_answers(rows, model, extractive, cfg.generator.no_context == "abstain")
         out = [_answer_row(r, g, constants, keep_prompt, ms, abstained) for r, (g, ms) in zip(rows, answered)]
         return pd.DataFrame(out, columns=columns)
 
@@ -214,11 +214,17 @@ def _pack_rows(rows: list[dict], cfg: RagConfig, model: Any) -> None:
                    retrieval_ms=(row["retrieval_ms"] or 0.0) + (time.perf_counter() - start) * 1000)
 
 
-def _isolated_answers(rows: list[dict], model: Any, extractive: bool) -> list[tuple[Any, float]]:
+def _isolated_answers(rows: list[dict], model: Any, extractive: bool,
+                      abstain_without_context: bool) -> list[tuple[Any, float]]:
     from sparkrag.generate import Generation
+    from sparkrag.prompt import ABSTAIN_TEXT
 
-    live = [i for i, r in enumerate(rows) if r["error"] is None]
     results: list[tuple[Any, float]] = [(None, 0.0)] * len(rows)
+    live = [i for i, r in enumerate(rows) if r["error"] is None]
+    if abstain_without_context:  # nothing to answer from: the fixed sentence, no model call
+        for i in [i for i in live if not _seq(rows[i]["contexts"])]:
+            results[i] = (Generation(ABSTAIN_TEXT, prompt_tokens=None, completion_tokens=0), 0.0)
+        live = [i for i in live if _seq(rows[i]["contexts"])]
     if not live:
         return results
     start = time.perf_counter()

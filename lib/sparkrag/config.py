@@ -335,6 +335,10 @@ class GeneratorConfig:
     # scheduling: retrieval keeps CPU tasks); 0: no profile (CPU, or local mode). Whole
     # numbers only: a fractional GPU would put several model copies on one GPU.
     task_gpus: float = 0.0
+    # a question whose retrieval left no context (every hit filtered out): abstain answers
+    # the fixed sentence without calling the model, which would otherwise answer from its
+    # own weights (seen with SmolLM2); generate sends the context-free prompt anyway
+    no_context: Literal["abstain", "generate"] = "abstain"
 
     def __post_init__(self) -> None:
         if self.task_gpus < 0 or self.task_gpus != int(self.task_gpus):

@@ -68,37 +68,42 @@ def _has_delta_connector(spark: "SparkSession") -> bool:
     return True
 
 
+def _python_delta_source_registered(spark: "SparkSession") -> bool:
+    """Whether this session already has a Python data source named ``delta`` (ours)."""
+    try:
+        return bool(spark._jsparkSession.sessionState().dataSourceManager().dataSourceExists("delta"))
+    except Exception:  # no such JVM API: treat as not registered; registering then tells
+        return False
+
+
 def detect_backend(spark: "SparkSession", preference: str = "auto") -> Backend:
     """Pick the Delta backend and make ``format("delta")`` work on it.
 
-    On Spark 4, registering the delta-rs data source under the name ``delta`` fails with
-    ``DATA_SOURCE_ALREADY_EXISTS`` exactly when the JVM connector provides ``delta`` (a
-    py4j class lookup does not see ``spark.jars`` classes). A Spark without Python data
-    sources (3.5) must have the connector.
+    The JVM connector is probed before anything of delta-rs is imported, so the native
+    path never loads ``deltalake`` or the Python data source. On Spark 4 without the
+    connector, sparkrag's delta-rs data source is registered under the name ``delta``
+    (once per session). A Spark without Python data sources (3.5) must have the connector.
 
     Raises:
         TableError: the backend asked for cannot work on this Spark.
     """
     if preference == "native":
         return "native"
-    if not _has_python_data_sources(spark):
+    python_sources = _has_python_data_sources(spark)
+    registered = python_sources and _python_delta_source_registered(spark)
+    if not registered and _has_delta_connector(spark):
         if preference == "delta-rs":
-            raise TableError(f"tables.backend=delta-rs needs Python data sources (Spark 4.0+); this is Spark "
-                             f"{spark.version}: use tables.backend=native with the Delta connector")
-        if not _has_delta_connector(spark):
-            raise TableError(f"Spark {spark.version} has no Delta Lake connector and no Python data sources: "
-                             "add io.delta:delta-spark_2.12:3.x (spark.jars.packages) or use pyspark 4")
+            raise TableError("tables.backend=delta-rs, but this Spark has the native Delta connector, which "
+                             "owns format('delta'): use tables.backend=native or auto")
         return "native"
-    from sparkrag.delta_source import DeltaRsDataSource
+    if not python_sources:
+        raise TableError(f"Spark {spark.version} has no Delta Lake connector and no Python data sources "
+                         "(Spark 4.0+) for delta-rs: add io.delta:delta-spark_2.12:3.x (spark.jars.packages) "
+                         "or use pyspark 4")
+    if not registered:
+        from sparkrag.delta_source import DeltaRsDataSource
 
-    try:
         spark.dataSource.register(DeltaRsDataSource)
-    except Exception as exc:  # AnalysisException with error class DATA_SOURCE_ALREADY_EXISTS
-        if "DATA_SOURCE_ALREADY_EXISTS" not in str(exc):
-            raise
-        if preference == "delta-rs":
-            raise TableError("tables.backend=delta-rs, but this Spark already has the native Delta connector") from exc
-        return "native"
     return "delta-rs"
 
 
