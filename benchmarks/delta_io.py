@@ -15,7 +15,7 @@ import time
 
 from sparkrag.config import SparkConfig, TablesConfig
 from sparkrag.spark import get_spark
-from sparkrag.tables import open_tables
+from sparkrag.delta import open_tables
 
 
 def _timed(fn) -> float:

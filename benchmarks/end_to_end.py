@@ -69,7 +69,7 @@ def write_inputs(spark: Any, argv: list[str], documents: list[dict[str, Any]],
                  questions: list[dict[str, Any]]) -> None:
     """The documents and questions Delta tables named by the config that ``argv`` builds."""
     from sparkrag.config import RagConfig, load_config
-    from sparkrag.tables import open_tables
+    from sparkrag.delta import open_tables
 
     overrides = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
     cfg = load_config(RagConfig, None, overrides)
@@ -100,12 +100,12 @@ def _plain_pipeline(root: str, documents: list[dict[str, Any]], questions: list[
     """One process: chunk, encode, add; encode questions, query, answer. Puts step seconds on ``out``."""
     import numpy as np
 
-    from sparkrag.chunk import chunk_budget, chunk_id, content_hash, load_tokenizer, split_texts
+    from sparkrag.chunk import chunk_budget, chunk_id, content_hash, split_texts
     from sparkrag.config import RagConfig, load_config
     from sparkrag.embed import encoder_info, make_encode_fn
-    from sparkrag.generate import make_extractive_fn
-    from sparkrag.models import resolve_model_path
-    from sparkrag.vectorstore import open_client, open_collection, to_chroma_metadata
+    from sparkrag.generation.extractive import make_extractive_fn
+    from sparkrag.models import load_tokenizer, resolve_model_path
+    from sparkrag.index.vectorstore import open_client, open_collection, to_chroma_metadata
 
     cfg = load_config(RagConfig, None, [f"chroma.path={root}/plain-chroma", "chroma.collection=plain"])
     model_id, dim = encoder_info(cfg.encoder)

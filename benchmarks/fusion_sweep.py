@@ -2,8 +2,8 @@
 
 The library's own pieces, without Spark or Chroma: chunks from ``sparkrag.chunk.split_texts``
 (the ingest's splitter), MiniLM vectors from ``sparkrag.embed`` (cached under ``--cache``),
-exact cosine search (what HNSW approximates), ``sparkrag.lexical.LexicalIndex`` for BM25 and
-``sparkrag.fusion`` for fusion, over ``fetch_k`` = 20 candidates per retriever as in the
+exact cosine search (what HNSW approximates), ``sparkrag.index.lexical.LexicalIndex`` for BM25 and
+``sparkrag.retrieval.fusion`` for fusion, over ``fetch_k`` = 20 candidates per retriever as in the
 answer job. The corpus is every paragraph; the questions are split by article
 (``squad_eval.article_split``: sorted titles, 1st/3rd/5th... = tune). Settings are chosen
 on ``tune`` (the grid's best by recall@1 + recall@5); ``check`` only reports them.
@@ -31,10 +31,10 @@ FETCH_K, TOP = 20, 10
 
 def corpus(data: Path, cache: Path):
     """chunks (ids, doc ids, texts, metadatas), questions, passage and query vectors (cached)."""
-    from sparkrag.chunk import chunk_budget, load_tokenizer, split_texts
+    from sparkrag.chunk import chunk_budget, split_texts
     from sparkrag.config import ChunkConfig, EncoderConfig
     from sparkrag.embed import make_encode_fn
-    from sparkrag.models import resolve_model_path
+    from sparkrag.models import load_tokenizer, resolve_model_path
 
     docs = [json.loads(line) for line in (data / "documents.jsonl").open(encoding="utf-8")]
     questions = [json.loads(line) for line in (data / "questions.jsonl").open(encoding="utf-8")]
@@ -56,7 +56,7 @@ def corpus(data: Path, cache: Path):
 
 def lists_of(chunks, questions, pv, qv, lexical_cfg):
     """Per question: dense [(chunk_id, -cosine distance)] and lexical [(chunk_id, BM25)], FETCH_K each."""
-    from sparkrag.lexical import LexicalIndex
+    from sparkrag.index.lexical import LexicalIndex
 
     ids = [c[0] for c in chunks]
     sims = qv @ pv.T
@@ -84,7 +84,7 @@ def score(ranked, doc_of, gold, mask) -> list[float]:
 
 def fused(dense, lexical, doc_of, *, method="zscore", k=60, weights=None, aggregation="none",
           which=("dense", "lexical")):
-    from sparkrag.fusion import aggregate_documents, fuse_rankings
+    from sparkrag.retrieval.fusion import aggregate_documents, fuse_rankings
 
     out = []
     for d, lx in zip(dense, lexical):

@@ -5,7 +5,7 @@ Prepared to run on a machine with torch and transformers but no pyspark and no n
 meta-llama/Meta-Llama-3-8B (hence of nvidia/Llama3-ChatQA-1.5-8B) with random bf16 weights
 built directly on the GPU; the tokenizer is a word-level one built in memory (``w<i>`` ->
 token i), so every prompt has exactly ``--prompt-tokens`` tokens after BOS. The library's
-:class:`sparkrag.generate.CausalLMGenerator` (token-budget batching, left padding, greedy,
+:class:`sparkrag.generation.generate.CausalLMGenerator` (token-budget batching, left padding, greedy,
 ``inference_mode``) answers the prompts; Spark is not involved.
 
 For each batch size, two timed passes: ``max_new_tokens=1`` (the prefill) and
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from sparkrag.config import GeneratorConfig
-    from sparkrag.generate import CausalLMGenerator
+    from sparkrag.generation.generate import CausalLMGenerator
 
     cuda = not args.tiny
     if cuda and not torch.cuda.is_available():

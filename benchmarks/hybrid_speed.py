@@ -29,9 +29,9 @@ from squad_eval import article_split  # noqa: E402
 def main(argv=None) -> dict:
     from sparkrag.config import RagConfig, load_config
     from sparkrag.embed import encoder_info, make_encode_fn
-    from sparkrag.lexical import LexicalIndex
-    from sparkrag.retrieve import retrieve_contexts
-    from sparkrag.shards import make_index_fn, resolve_shards
+    from sparkrag.index.lexical import LexicalIndex
+    from sparkrag.retrieval.search import retrieve_contexts
+    from sparkrag.index.shards import make_index_fn, resolve_shards
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, required=True)

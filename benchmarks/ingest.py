@@ -48,9 +48,9 @@ from sparkrag.config import EncoderConfig, RagConfig, SparkConfig, load_config  
 # -- data ------------------------------------------------------------------------------
 def sample_chunks(n: int, encoder: EncoderConfig) -> list[dict[str, Any]]:
     """``n`` chunk rows (CHUNKS_SCHEMA minus embedding and lineage) from the sample corpus."""
-    from sparkrag.chunk import chunk_budget, chunk_id, content_hash, load_tokenizer, split_texts
+    from sparkrag.chunk import chunk_budget, chunk_id, content_hash, split_texts
     from sparkrag.config import ChunkConfig
-    from sparkrag.models import resolve_model_path
+    from sparkrag.models import load_tokenizer, resolve_model_path
 
     docs = [json.loads(line) for line in (ROOT / "resources/sample/documents.jsonl").open(encoding="utf-8")]
     tokenizer = load_tokenizer(resolve_model_path(encoder.model))
@@ -115,7 +115,7 @@ def chroma_payload(chunks: Any) -> tuple[list[str], Any, list[str], list[dict[st
     """ids, vectors, documents, metadatas exactly as the ingest stores them (doc_hash included)."""
     import numpy as np
 
-    from sparkrag.vectorstore import to_chroma_metadata
+    from sparkrag.index.vectorstore import to_chroma_metadata
 
     rows = chunks.select("chunk_id", "embedding", "text", "doc_id", "chunk_index", "title", "metadata",
                          "doc_hash").collect()
@@ -148,7 +148,7 @@ def raw_add(cfg: RagConfig, payload: tuple, model_id: str, dim: int) -> float:
 
 
 def sync_load(chunks: Any, cfg: RagConfig, model_id: str, dim: int) -> float:
-    from sparkrag.chroma_sync import sync_collection
+    from sparkrag.index.sync import sync_collection
 
     start = time.perf_counter()
     out = sync_collection(chunks, cfg, embedding_model=model_id, dim=dim)
@@ -184,8 +184,8 @@ def start_server(root: str) -> tuple[subprocess.Popen, int]:
 
 def server_load(rows: Any, cfg: RagConfig, writers: int, model_id: str, dim: int) -> float:
     """Seconds for ``writers`` Spark tasks to write ``rows`` to a new server collection."""
-    from sparkrag.chroma_sync import write_partitions_to_server
-    from sparkrag.vectorstore import collection_ids, open_client
+    from sparkrag.index.sync import write_partitions_to_server
+    from sparkrag.index.vectorstore import collection_ids, open_client
 
     part = rows.repartition(writers).cache()
     part.count()
@@ -219,7 +219,7 @@ def build_tables(spark: Any, cfg: RagConfig, rows: list[dict[str, Any]], *, part
 
     from sparkrag.embed import embed_dataframe
     from sparkrag.schemas import CHUNKS_SCHEMA
-    from sparkrag.tables import open_tables
+    from sparkrag.delta import open_tables
 
     schema = StructType([f for f in CHUNKS_SCHEMA.fields if f.name in rows[0]])
     texts = spark.createDataFrame(pd.DataFrame(rows)[schema.fieldNames()], schema).repartition(parts).cache()
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 def _server_figures(chunks: Any, root: str, repeat: int, model_id: str, dim: int) -> dict[str, list[float]]:
-    from sparkrag.chroma_sync import chroma_rows  # the ingest's own rows (doc_hash folded into metadata)
+    from sparkrag.index.sync import chroma_rows  # the ingest's own rows (doc_hash folded into metadata)
 
     rows = chroma_rows(chunks)
     server_root = os.path.join(root, "server")

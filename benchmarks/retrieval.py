@@ -46,7 +46,7 @@ def _config(argv: list[str]) -> Any:
 
 
 def _run_mode(mode: str, texts: list[str], q_vecs: Any, cfg: Any, collection: Any, encode: Any) -> None:
-    from sparkrag.retrieve import retrieve_contexts
+    from sparkrag.retrieval.search import retrieve_contexts
 
     step, fetch = cfg.retrieval.query_batch_size, cfg.retrieval.fetch_k
     for lo in range(0, len(texts), step):
@@ -65,7 +65,7 @@ def _run_mode(mode: str, texts: list[str], q_vecs: Any, cfg: Any, collection: An
 def _worker(argv: list[str], texts: list[str], modes: list[str], repeat: int, barrier: Any, out: Any) -> None:
     """A plain process: open the collection as the job does, warm up, then run each mode ``repeat`` times."""
     from sparkrag.embed import encoder_info, make_encode_fn
-    from sparkrag.shards import make_index_fn, resolve_shards
+    from sparkrag.index.shards import make_index_fn, resolve_shards
 
     cfg = _config(argv)
     model_id, dim = encoder_info(cfg.encoder, "query")
@@ -109,10 +109,10 @@ def job_stage(spark: Any, argv: list[str], repeat: int) -> tuple[float, int]:
     """(best seconds, rows) of the answer job's retrieve stage over the questions table."""
     from pyspark.sql import functions as F
 
-    from sparkrag.answer_stages import make_retrieve_stage, stage1_schema
+    from sparkrag.pipelines.answer_stages import make_retrieve_stage, stage1_schema
     from sparkrag.embed import encoder_info
-    from sparkrag.shards import prepare_index_fn
-    from sparkrag.tables import open_tables
+    from sparkrag.index.shards import prepare_index_fn
+    from sparkrag.delta import open_tables
 
     cfg = _config(argv)
     model_id, dim = encoder_info(cfg.encoder, "query")

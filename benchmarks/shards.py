@@ -55,7 +55,7 @@ def synthetic(n: int, seed: int = 0) -> dict[str, Any]:
 
 def raw_add(path: str, data: dict[str, Any]) -> float:
     """Seconds for one writer to ``add`` everything (the baseline), collection created first."""
-    from sparkrag.vectorstore import open_collection, persistent_client, to_chroma_metadata
+    from sparkrag.index.vectorstore import open_collection, persistent_client, to_chroma_metadata
 
     cfg = ChromaConfig(path=path, collection="raw")
     client = persistent_client(path)
@@ -88,7 +88,7 @@ def chunks_frame(spark: Any, data: dict[str, Any]) -> Any:
 
 
 def sharded_load(chunks: Any, path: str, shards: int) -> tuple[float, RagConfig]:
-    from sparkrag.chroma_sync import sync_collection
+    from sparkrag.index.sync import sync_collection
 
     cfg = RagConfig(chroma=ChromaConfig(path=path, collection="bench", shards=shards))
     start = time.perf_counter()
@@ -100,7 +100,7 @@ def sharded_load(chunks: Any, path: str, shards: int) -> tuple[float, RagConfig]
 
 def query_figures(cfg: RagConfig, queries: np.ndarray, exact_ids: list[set[str]], batch: int) -> tuple[float, float]:
     """(ms per query, recall@10) on the published index of ``cfg``, after a warm-up batch."""
-    from sparkrag.shards import open_index, resolve_shards
+    from sparkrag.index.shards import open_index, resolve_shards
 
     index = open_index(cfg.chroma, resolve_shards(cfg.chroma))
     index.query(query_embeddings=queries[:batch], n_results=10, include=["distances"])  # loads the HNSW files

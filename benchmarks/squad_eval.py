@@ -56,7 +56,7 @@ def load_jsonl_tables(spark, data: Path, overrides: list[str], *, sample: int | 
     import pandas as pd
 
     from sparkrag.config import RagConfig, load_config
-    from sparkrag.tables import open_tables
+    from sparkrag.delta import open_tables
 
     cfg = load_config(RagConfig, None, overrides)
     tables = open_tables(spark, cfg.tables)

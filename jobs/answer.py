@@ -60,7 +60,7 @@ def build_parser():
 
 def run(argv: Sequence[str] | None = None, spark=None) -> dict:
     """Parse ``argv``, run the job and return its record (for callers that want the figures)."""
-    from sparkrag.answer import run_answer
+    from sparkrag.pipelines.answer import run_answer
 
     return run_rag_job(build_parser(), SHORTCUTS, run_answer, argv, spark,
                        ("run_id", "status", "counts", "metrics", "stage_seconds", "outputs"))

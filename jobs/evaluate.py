@@ -32,7 +32,7 @@ SHORTCUTS = {
 
 
 def build_parser():
-    from sparkrag.evaluate import EvalOptions
+    from sparkrag.pipelines.evaluate import EvalOptions
 
     d = EvalOptions()
     parser = base_parser("sparkrag-evaluate", __doc__)
@@ -68,7 +68,7 @@ def build_parser():
 def eval_options_from_args(args) -> "EvalOptions":
     """EvalOptions from the parsed flags ('' turns a gold column or the report off)."""
     from sparkrag.errors import ConfigError
-    from sparkrag.evaluate import EvalOptions
+    from sparkrag.pipelines.evaluate import EvalOptions
 
     try:
         ks = tuple(int(k) for k in args.ks.split(",") if k.strip())
@@ -84,7 +84,7 @@ def eval_options_from_args(args) -> "EvalOptions":
 
 def run(argv: Sequence[str] | None = None, spark=None) -> dict:
     """Parse ``argv``, run the job and return its record (for callers that want the figures)."""
-    from sparkrag.evaluate import evaluate_run
+    from sparkrag.pipelines.evaluate import evaluate_run
     from sparkrag.spark import get_spark
 
     args = parse(build_parser(), argv)

@@ -39,7 +39,7 @@ def build_parser():
 
 def run(argv: Sequence[str] | None = None, spark=None) -> dict:
     """Parse ``argv``, run the job and return its record (for callers that want the figures)."""
-    from sparkrag.ingest import run_ingest
+    from sparkrag.pipelines.ingest import run_ingest
 
     return run_rag_job(build_parser(), SHORTCUTS, run_ingest, argv, spark,
                        ("run_id", "status", "counts", "stage_seconds", "outputs"))

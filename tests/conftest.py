@@ -75,7 +75,7 @@ def spark(tmp_path_factory):
 
 def _check_stack(session) -> None:
     """A run that claims a stack must be on it: a missing jar must not fall back to delta-rs."""
-    from sparkrag.tables import detect_backend
+    from sparkrag.delta import detect_backend
 
     backend = detect_backend(session)
     assert backend == ("native" if NATIVE else "delta-rs"), f"STACK={STACK} but the Delta backend is {backend}"

@@ -51,7 +51,7 @@ def probe(spark: Any, shared: str) -> dict[str, Any]:
 def write_inputs(spark: Any, plan: dict[str, Any]) -> None:
     """The sample's first documents and their questions, as Delta tables (paths from the plan)."""
     from sparkrag.config import TablesConfig
-    from sparkrag.tables import open_tables
+    from sparkrag.delta import open_tables
 
     tables = open_tables(spark, TablesConfig(**plan.get("tables", {})))
     for key in ("documents", "questions"):

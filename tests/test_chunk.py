@@ -25,13 +25,12 @@ from sparkrag.chunk import (
     chunk_output_schema,
     content_hash,
     doc_hash,
-    encoder_max_length,
-    load_tokenizer,
     split_text,
     split_texts,
 )
 from sparkrag.config import ChunkConfig, EncoderConfig
 from sparkrag.errors import ConfigError, SchemaError
+from sparkrag.models import encoder_max_length, load_tokenizer
 
 SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "sample" / "documents.jsonl"
 SENTENCE_END = re.compile(r"[.!?][\"')\]]*$")

@@ -14,10 +14,10 @@ import pytest
 from deltalake import DeltaTable
 
 from sparkrag.config import TablesConfig
-from sparkrag.delta_source import absolute_path
-from sparkrag.shard_layout import ShardStore
+from sparkrag.delta.source import absolute_path
+from sparkrag.index.layout import ShardStore
 from sparkrag.spark import is_local_master
-from sparkrag.tables import open_tables
+from sparkrag.delta import open_tables
 
 
 @pytest.mark.delta_rs_only

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-MODULES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "lib" / "sparkrag").glob("*.py")
+PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "sparkrag"
+MODULES = sorted(".".join(p.relative_to(PACKAGE).with_suffix("").parts) for p in PACKAGE.rglob("*.py")
                  if p.stem != "__init__")
 
 

@@ -101,7 +101,7 @@ def test_wheel_ships_every_query_and_config_and_nothing_else_of_resources(wheel)
         repo = {p.name for p in (ROOT / "resources" / kind).glob(f"*{suffix}")}
         shipped = {Path(n).name for n in names if n.startswith(f"sparkrag/resources/{kind}/")}
         assert repo and shipped == repo, (kind, repo ^ shipped)
-    assert {"sparkrag/py.typed", "sparkrag/jobs/sql.py", "sparkrag/shipped.py", "sparkrag/hf_compat.py"} <= names
+    assert {"sparkrag/py.typed", "sparkrag/jobs/sql.py", "sparkrag/pipelines/sql.py", "sparkrag/shipped.py", "sparkrag/hf_compat.py"} <= names
     extra = [n for n in names if n.startswith("sparkrag/resources/") and not re.match(r"sparkrag/resources/(sql|config)/", n)]
     assert not extra, f"unexpected files in the wheel: {extra}"
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/", "resources/"))]
@@ -146,7 +146,7 @@ import json, sys
 import sparkrag
 from sparkrag.config import RagConfig, load_config
 from sparkrag.jobs._common import config_path
-from sparkrag.jobs.sql import find_sql_file
+from sparkrag.pipelines.sql import find_sql_file
 cfg = load_config(RagConfig, config_path("databricks"))
 print(json.dumps({"package": sparkrag.__file__, "sql": str(find_sql_file("run_summary")),
                   "config": config_path("databricks"), "local": config_path("local.yaml"),

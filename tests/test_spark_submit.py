@@ -11,7 +11,7 @@ from pathlib import Path
 from deltalake import DeltaTable
 
 from sparkrag.config import TablesConfig
-from sparkrag.tables import open_tables
+from sparkrag.delta import open_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 SPARK_SUBMIT = Path(sys.executable).parent / "spark-submit"

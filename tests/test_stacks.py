@@ -18,7 +18,7 @@ from conftest import NATIVE, STACK
 
 from sparkrag.config import TablesConfig
 from sparkrag.errors import TableError
-from sparkrag.tables import detect_backend, open_tables, split_name
+from sparkrag.delta import detect_backend, open_tables, split_name
 
 ENGINES = {  # what each stack writes as commitInfo.engineInfo
     "delta-rs": ("delta-rs:py-",),
@@ -123,7 +123,7 @@ def test_native_backend_needs_neither_delta_rs_nor_the_python_data_source(tmp_pa
         import sys
         from sparkrag.config import SparkConfig, TablesConfig
         from sparkrag.spark import get_spark
-        from sparkrag.tables import open_tables
+        from sparkrag.delta import open_tables
         spark = get_spark(SparkConfig(master="local[1]", shuffle_partitions=1))
         tables = open_tables(spark, TablesConfig(root={str(tmp_path)!r}))
         df = spark.createDataFrame([(1, "a")], "id long, s string")
@@ -131,7 +131,7 @@ def test_native_backend_needs_neither_delta_rs_nor_the_python_data_source(tmp_pa
         tables.merge(df, "rag.t", keys=["id"])
         tables.delete_keys(df, "rag.t", keys=["id"])
         assert tables.backend == "native" and tables.read("rag.t").count() == 0
-        loaded = [m for m in ("deltalake", "sparkrag.delta_source", "sparkrag.delta_rs") if m in sys.modules]
+        loaded = [m for m in ("deltalake", "sparkrag.delta.source", "sparkrag.delta.delta_rs") if m in sys.modules]
         print("LOADED", loaded)
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

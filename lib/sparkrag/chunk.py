@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from sparkrag.config import ChunkConfig, EncoderConfig
 from sparkrag.errors import ConfigError, SchemaError
-from sparkrag.models import resolve_model_path, worker_cached
+from sparkrag.models import encoder_max_length, load_tokenizer, resolve_model_path
 from sparkrag.schemas import CHUNKS_SCHEMA, require_columns
 
 if TYPE_CHECKING:
@@ -58,8 +58,6 @@ __all__ = [
     "content_hash",
     "chunk_id",
     "doc_hash",
-    "encoder_max_length",
-    "load_tokenizer",
     "chunk_budget",
     "split_text",
     "split_texts",
@@ -75,7 +73,6 @@ CHUNK_COLUMNS = ("chunk_id", "doc_id", "chunk_index", "text", "title", "metadata
 INPUT_COLUMNS = {"doc_id": "document id", "text": "document text", "title": "document title",
                  "metadata": "map<string,string> of document columns", "doc_hash": "doc_hash(text, title, metadata)"}
 MIN_MAX_TOKENS = 8  # below this a window may hold no clean cut (a character can be 4 byte-level tokens)
-_NO_LIMIT = 1_000_000  # tokenizers report ~1e30 as model_max_length when they do not know it
 
 # Boundary quality of a cut before token i (higher is better).
 NO_CUT, INTRA_WORD, WORD_JOIN, WORD, CLAUSE, SENTENCE, LINE, PARAGRAPH = range(-1, 7)
@@ -131,74 +128,6 @@ def doc_hash(text: str | None, title: str | None, metadata: Mapping[str, str] | 
     meta = sorted((str(k), v) for k, v in dict(metadata or {}).items())
     key = json.dumps({"text": text, "title": title, "metadata": meta}, ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def _read_json(model_path: str, filename: str) -> dict[str, Any] | None:
-    from pathlib import Path
-
-    folder = Path(model_path)
-    if folder.is_dir():
-        path = folder / filename
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    from transformers.utils import cached_file  # a hub id: the local HF cache (or the hub when online)
-
-    found = cached_file(model_path, filename, _raise_exceptions_for_missing_entries=False,
-                        _raise_exceptions_for_connection_errors=False)
-    return json.loads(Path(found).read_text(encoding="utf-8")) if found else None
-
-
-def encoder_max_length(model_path: str, override: int | None = None) -> int:
-    """The encoder's max sequence length in tokens, special tokens included.
-
-    The model's own configured length: ``sentence_bert_config.json``'s ``max_seq_length``
-    when present (all-MiniLM-L6-v2: 256, although its tokenizer says 512 — it was trained
-    at 256 and vectors differ beyond), else the smaller of the tokenizer's
-    ``model_max_length`` and ``config.json``'s ``max_position_embeddings``.
-
-    Args:
-        model_path: a local model folder (see ``resolve_model_path``) or a cached hub id.
-        override: ``encoder.max_length``; must not exceed the model's position limit.
-
-    Raises:
-        ConfigError: naming ``encoder.max_length`` when the override is out of range or no
-            length can be found.
-    """
-    st_cfg = _read_json(model_path, "sentence_bert_config.json") or {}
-    tok_cfg = _read_json(model_path, "tokenizer_config.json") or {}
-    model_cfg = _read_json(model_path, "config.json") or {}
-    limits = [v for v in (tok_cfg.get("model_max_length"), model_cfg.get("max_position_embeddings"))
-              if isinstance(v, int) and 0 < v < _NO_LIMIT]
-    hard = min(limits) if limits else None
-    trained = st_cfg.get("max_seq_length") if isinstance(st_cfg.get("max_seq_length"), int) else None
-    own = min(x for x in (trained, hard) if x is not None) if (trained or hard) else None
-    if override is None:
-        if own is None:
-            raise ConfigError(f"encoder.max_length: {model_path} declares no max sequence length; set it")
-        return int(own)
-    if isinstance(override, bool) or not isinstance(override, int) or override < 1:
-        raise ConfigError(f"encoder.max_length: expected a positive integer, got {override!r}")
-    if hard is not None and override > hard:
-        raise ConfigError(f"encoder.max_length: expected at most {hard} (the position limit of {model_path}), "
-                          f"got {override}")
-    return override
-
-
-def load_tokenizer(model_path: str) -> Any:
-    """The model's fast tokenizer, cached per Python worker.
-
-    Raises:
-        ConfigError: naming ``encoder.model`` when only a slow tokenizer exists (no offsets).
-    """
-
-    def build() -> Any:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(model_path)
-        if not getattr(tok, "is_fast", False):
-            raise ConfigError(f"encoder.model: {model_path} has no fast tokenizer; chunking needs character offsets")
-        return tok
-
-    return worker_cached(("tokenizer", model_path), build)
 
 
 def chunk_budget(tokenizer: Any, *, encoder: EncoderConfig, chunking: ChunkConfig) -> ChunkBudget:

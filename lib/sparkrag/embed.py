@@ -22,11 +22,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
 
-from sparkrag.chunk import encoder_max_length, load_tokenizer
 from sparkrag.config import EncoderConfig
 from sparkrag.errors import ConfigError, ModelContractError, SchemaError
 from sparkrag.hf_compat import pretrained_kwargs
-from sparkrag.models import resolve_device, resolve_model_path, worker_cached
+from sparkrag.models import encoder_max_length, load_tokenizer, resolve_device, resolve_model_path, worker_cached
 from sparkrag.schemas import require_columns
 
 if TYPE_CHECKING:

@@ -131,7 +131,7 @@ ANSWERS_SCHEMA = _schema(
     ("created_at", TimestampType(), False),
 )
 
-# Answers committed batch by batch while a run is in progress (sparkrag.answer_staging).
+# Answers committed batch by batch while a run is in progress (sparkrag.pipelines.answer_staging).
 STAGED_ANSWERS_SCHEMA = StructType(ANSWERS_SCHEMA.fields + [
     StructField("batch", IntegerType(), False),  # the staged commit's txnVersion within the run
     StructField("config_fingerprint", StringType(), False),  # settings the row was generated under
