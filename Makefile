@@ -12,7 +12,7 @@ PYTEST := $(PY) -m pytest -q -p no:cacheprovider --durations=15
 STACKS := $(PY) resources/stacks/stacks.py
 NATIVE_STACKS := spark4-native spark3.5-native
 # What the native stacks must pass besides the default stack's whole suite.
-NATIVE_TESTS := tests/delta/test_tables.py tests/test_stacks.py tests/pipelines/test_ingest.py tests/pipelines/test_answer.py tests/pipelines/test_sql.py
+NATIVE_TESTS := tests/delta/test_tables.py tests/test_stacks.py tests/test_cluster_paths.py tests/pipelines/test_ingest.py tests/pipelines/test_answer.py tests/pipelines/test_sql.py
 # `env $(call stack_env,S) cmd` runs cmd on stack S (SPARK_CONF_DIR, PYTHONPATH, SPARKRAG_STACK).
 stack_env = $$($(STACKS) env $(1))
 

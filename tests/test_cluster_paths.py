@@ -14,7 +14,6 @@ import pytest
 from deltalake import DeltaTable
 
 from sparkrag.config import TablesConfig
-from sparkrag.delta.source import absolute_path
 from sparkrag.index.layout import ShardStore
 from sparkrag.spark import is_local_master
 from sparkrag.delta import open_tables
@@ -38,11 +37,13 @@ def test_delta_rs_merge_stages_in_the_table_folder_not_the_driver_tmp(spark, tmp
     assert tables.read(path).count() == 3  # the staging folder never shows up as table data
 
 
-@pytest.mark.delta_rs_only
 def test_relative_table_paths_are_resolved_by_the_driver(spark, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    tables = open_tables(spark, TablesConfig(root="unused", backend="delta-rs"))
+    tables = open_tables(spark, TablesConfig(root="unused"))  # either backend
+    # the native connector's SQL (DESCRIBE HISTORY delta.`rel/t`) takes absolute paths only
+    assert tables.location("rel/t") == str(tmp_path / "rel" / "t")
     tables.write(spark.createDataFrame([(1,)], "id long"), "rel/t")
+    assert tables.version("rel/t") == 0
     # the data files are in the folder relative to the driver's working directory (before
     # the fix, each task wrote them relative to its own, and the table had a log but no data)
     assert DeltaTable(str(tmp_path / "rel" / "t")).to_pyarrow_table().num_rows == 1
@@ -53,7 +54,10 @@ def test_relative_table_paths_are_resolved_by_the_driver(spark, tmp_path, monkey
     ("rel/t", None), ("/abs/t", "/abs/t"), ("s3://b/t", "s3://b/t"), ("abfss://c@a.dfs.core.windows.net/t", None),
     ("file:/x/t", "file:/x/t"), ("dbfs:/x/t", "dbfs:/x/t"),
 ])
+@pytest.mark.delta_rs_only
 def test_absolute_path(path, expected, tmp_path, monkeypatch):
+    from sparkrag.delta.source import absolute_path  # Spark 4's Python data source API
+
     monkeypatch.chdir(tmp_path)
     want = expected or (path if ":" in path else str(tmp_path / path))
     assert absolute_path(path) == want

@@ -87,9 +87,15 @@ class Tables(ABC):
         return self.uses_catalog and self.is_name(table)
 
     def location(self, table: str) -> str:
-        """Where the table is: its path, or its catalog name when the catalog resolves it."""
+        """Where the table is: its path, or its catalog name when the catalog resolves it.
+
+        A relative local path is made absolute here, on the driver: Delta SQL's
+        ``delta.`path``` takes absolute paths only, and executors have other working folders.
+        """
         parts = split_name(table)
-        if parts is None or self.uses_catalog:
+        if parts is None:
+            return table if ":" in table or os.path.isabs(table) else os.path.abspath(table)
+        if self.uses_catalog:
             return table
         return os.path.abspath(os.path.join(self.cfg.root, *parts))
 
