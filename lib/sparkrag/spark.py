@@ -148,9 +148,9 @@ def ship_archive(spark: "SparkSession", archive: str) -> None:
 def collect_arrow(df: "DataFrame") -> "pa.Table":
     """``df`` on the driver as a pyarrow Table (``DataFrame.toArrow`` is Spark 4.0+).
 
-    Meant for results bounded by design (per-shard summaries, small lookups). Two callers
-    still collect the corpus through it, as they did before with ``toArrow``:
-    ``chroma_sync._desired`` and ``lexical._chunk_rows`` (issue #13 moves both into Spark).
+    Meant for results bounded by design (per-shard summaries, small lookups). One caller
+    still collects the corpus through it: ``index.lexical._chunk_rows``, which builds the
+    BM25 index on the driver (issue #13: a sharded lexical index built in Spark tasks).
     """
     if hasattr(df, "toArrow"):
         return df.toArrow()

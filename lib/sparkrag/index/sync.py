@@ -141,15 +141,27 @@ def _shard_count(cfg: RagConfig, existing: int | None, n_chunks: int, parallelis
 
 
 def _desired(keyed: "DataFrame | None", n: int) -> tuple[list[str], list[int]]:
-    """Per shard: the fingerprint and count of the table's (chunk_id, doc_hash) pairs."""
-    from sparkrag.spark import collect_arrow
+    """Per shard: the fingerprint and count of the table's (chunk_id, doc_hash) pairs.
 
-    pairs: list[dict[str, str]] = [{} for _ in range(n)]
-    if keyed is not None:
-        table = collect_arrow(keyed.select("chunk_id", "doc_hash", "_shard"))
-        for cid, h, s in zip(*(table.column(c).to_pylist() for c in ("chunk_id", "doc_hash", "_shard"))):
-            pairs[s][cid] = h
-    return [shard_fingerprint(p) for p in pairs], [len(p) for p in pairs]
+    A Spark aggregate: each shard's pairs are hashed where the shard's rows are, and the
+    driver receives ``n`` rows, whatever the corpus size (issue #13). The digest is
+    :func:`~sparkrag.index.layout.shard_fingerprint`'s: the sha256 of the lines
+    ``chunk_id\tdoc_hash\n`` sorted by chunk_id ('\t' sorts before every character of an
+    id, so sorting whole lines sorts by id; a null hash is written ``None``, as Python does).
+    """
+    from pyspark.sql import functions as F
+
+    fingerprints, counts = [shard_fingerprint({})] * n, [0] * n
+    if keyed is None:
+        return fingerprints, counts
+    line = F.concat(F.col("chunk_id"), F.lit("\t"), F.coalesce(F.col("doc_hash"), F.lit("None")), F.lit("\n"))
+    pairs = keyed.select("_shard", "chunk_id", "doc_hash").dropDuplicates()  # a repeated pair counts once
+    per_shard = (pairs.select(F.col("_shard"), line.alias("line")).groupBy("_shard")
+                 .agg(F.sha2(F.concat_ws("", F.sort_array(F.collect_list("line"))), 256).alias("fingerprint"),
+                      F.count(F.lit(1)).alias("n")))
+    for row in per_shard.collect():  # one row per shard
+        fingerprints[row["_shard"]], counts[row["_shard"]] = row["fingerprint"], int(row["n"])
+    return fingerprints, counts
 
 
 def sync_collection(chunks: "DataFrame | None", cfg: RagConfig, *, embedding_model: str, dim: int,
