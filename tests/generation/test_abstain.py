@@ -1,8 +1,7 @@
 """Abstention from generated text: ChatQA's sentence, other models' own words, and the configurable rule.
 
 The "own words" lines are the phrasings instruct models use instead of the fixed sentence
-(written for this test, not recorded: no SmolLM2 run finished on the loaded VM while it was
-written); the end-to-end run in test_smollm2.py checks the rule on SmolLM2's live output.
+(written for this test; the last one is SmolLM2's, recorded from `make demo`); the end-to-end run in test_smollm2.py checks the rule on SmolLM2's live output.
 """
 
 from __future__ import annotations
@@ -33,6 +32,8 @@ OWN_WORDS_ABSTAINS = [  # instruct models paraphrasing the fixed sentence
     "The information is not available in the provided context.",
     "This question is unanswerable from the context.",
     "No information is given about that.",
+    # SmolLM2 in `make demo` (2026-12-03), asked the sample's unanswerable nationality question
+    "The context provided does not specify the nationality of Frédéric Chopin.",
 ]
 ANSWERS = [  # real answers, some of them mentioning what the context lacks after the answer
     "in the late 1990s",

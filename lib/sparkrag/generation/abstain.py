@@ -30,7 +30,8 @@ BUILTIN_PATTERNS: tuple[str, ...] = (
     r"(found|available|provided|mentioned|given)\b",
     r"\bnot (mentioned|provided|stated|given|specified|found|available|included|discussed) in the "
     r"(given |provided |above )?" + _SUBJECT + r"\b",
-    r"\b" + _SUBJECT + r" (does not|doesnt|do not|dont|did not|didnt) (contain|provide|mention|say|specify|include|"
+    r"\b" + _SUBJECT + r"( (given|provided|above))? (does not|doesnt|do not|dont|did not|didnt) "
+    r"(contain|provide|mention|say|specify|include|"
     r"state|give|offer|have|discuss|tell)\b",
     r"^(i )?(dont|do not) (know|have (any |enough |the )?(information|details|data|answer))\b",
     r"^(i )?(cannot|can not|cant|am unable to|am not able to) (answer|say|tell|provide)\b",
