@@ -46,7 +46,7 @@ def _python_delta_source_registered(spark: "SparkSession") -> bool:
     """Whether this session already has a Python data source named ``delta`` (ours)."""
     try:
         return bool(spark._jsparkSession.sessionState().dataSourceManager().dataSourceExists("delta"))
-    except Exception:  # no such JVM API (seen on Spark 4.0-4.2): assume ours is not registered yet
+    except Exception:  # a Spark without this JVM API (4.0-4.2 have it): assume ours is not registered
         return False
 
 
