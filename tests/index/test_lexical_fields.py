@@ -1,7 +1,7 @@
 """What the BM25 index holds (issue #16): the title field, accent folding, stemming; real bm25s.
 
-Also: the new settings survive save/load, an index written before them (format 1) still
-answers as it did, and changing one rebuilds the published index (sync_lexical_index).
+Also: the settings survive save/load, an index of an older format is refused with a message
+to rerun the ingest job, and changing one rebuilds the published index (sync_lexical_index).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import os
 import pytest
 
 from sparkrag.config import LexicalConfig
-from sparkrag.errors import ConfigError
-from sparkrag.index.lexical import LexicalIndex, current_version_dir, fold_accents, read_manifest, sync_lexical_index
+from sparkrag.errors import ConfigError, VectorStoreError
+from sparkrag.index.lexical import LexicalIndex, fold_accents
+from sparkrag.index.lexical_shards import LexicalStore, load_published, sync_lexical_index
 
 IDS = ["b0", "b1", "p0", "n0"]
 TEXTS = [
@@ -71,25 +72,23 @@ def test_stemming_matches_word_forms():
 def test_settings_survive_save_and_load(tmp_path):
     index = build(title_weight=2.0)
     index.save(str(tmp_path / "v"))
-    assert os.path.exists(tmp_path / "v" / "title" / "params.index.json")
+    assert os.path.exists(tmp_path / "v" / "postings.npz")
     loaded = LexicalIndex.load(str(tmp_path / "v"))
     questions = ["Who did Beyonce marry?", "releasing water", "the of"]
     assert loaded.query(questions, n_results=4) == index.query(questions, n_results=4)
     assert loaded.settings["title_weight"] == 2.0 and loaded.settings["stemmer"] == "english"
     untitled = LexicalIndex.build(IDS, TEXTS, [{"doc_id": m["doc_id"]} for m in METAS], LexicalConfig())
-    assert untitled.title_bm25 is None  # no titles: no title field, queries work
+    assert untitled.title.terms == []  # no titles: an empty title field, queries work
     untitled.save(str(tmp_path / "u"))
     assert ids(LexicalIndex.load(str(tmp_path / "u")), "album") == ["b0"]
 
 
-def test_an_index_of_the_previous_format_answers_as_before(tmp_path):
-    old = build(stemmer="", fold_accents=False, title_weight=0.0)
-    old.save(str(tmp_path / "v1"))
-    with open(tmp_path / "v1" / "settings.json", "w", encoding="utf-8") as fh:  # as format 1 wrote it
-        json.dump({"k1": 1.5, "b": 0.75, "stopwords": "en", "format": 1}, fh)
-    loaded = LexicalIndex.load(str(tmp_path / "v1"))
-    for question in ("When was the album release?", "Where did Beyonce perform?", "Beyoncé halftime"):
-        assert ids(loaded, question) == ids(old, question), question
+def test_an_index_of_an_older_format_is_refused_by_name(tmp_path):
+    build().save(str(tmp_path / "v2"))
+    with open(tmp_path / "v2" / "settings.json", "w", encoding="utf-8") as fh:  # as format 2 (bm25s arrays) wrote it
+        json.dump({"k1": 1.5, "b": 0.75, "stopwords": "en", "stemmer": "english", "format": 2}, fh)
+    with pytest.raises(VectorStoreError, match=r"v2 is missing, incomplete or outdated \(format 2.*rerun the ingest"):
+        LexicalIndex.load(str(tmp_path / "v2"))
 
 
 def test_changing_what_is_indexed_rebuilds_the_published_index(spark, tmp_path):
@@ -99,10 +98,10 @@ def test_changing_what_is_indexed_rebuilds_the_published_index(spark, tmp_path):
                                          "embedding array<float>")
     path = str(tmp_path / "lexical")
     assert sync_lexical_index(chunks, LexicalConfig(path=path), chunks_version=1)["rebuilt"] == 1
-    first = current_version_dir(path)
-    assert ids(LexicalIndex.load(first), "Who did Beyonce marry?")[0] == "b1"  # titles come from the chunks table
+    assert ids(load_published(path), "Who did Beyonce marry?")[0] == "b1"  # titles come from the chunks table
     assert sync_lexical_index(chunks, LexicalConfig(path=path), chunks_version=1)["rebuilt"] == 0
     for changed in ({"stemmer": ""}, {"fold_accents": False}, {"title_weight": 0.5}):
         assert sync_lexical_index(chunks, LexicalConfig(path=path, **changed), chunks_version=1)["rebuilt"] == 1
-        assert json.loads(read_manifest(path)["fingerprint"])[next(iter(changed))] == next(iter(changed.values()))
-    assert LexicalIndex.load(current_version_dir(path)).settings["title_weight"] == 0.5
+        settings = json.loads(LexicalStore(path).read_manifest().settings)
+        assert settings[next(iter(changed))] == next(iter(changed.values()))
+    assert load_published(path).settings["title_weight"] == 0.5

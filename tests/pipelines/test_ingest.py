@@ -135,12 +135,12 @@ def by_doc(chunks: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
 
 
 def lexical_state(cfg: RagConfig) -> tuple[str, dict[str, dict[str, Any]]]:
-    """The published lexical index: its version folder and chunk_id -> text and metadata."""
-    from sparkrag.index.lexical import LexicalIndex, current_version_dir
+    """The published lexical index: its shard folders and chunk_id -> text and metadata."""
+    from sparkrag.index.lexical_shards import resolve_lexical
 
-    folder = current_version_dir(cfg.lexical.path)
-    index = LexicalIndex.load(folder)
-    return folder, {cid: {"text": t, "metadata": m} for cid, t, m in zip(index.ids, index.documents, index.metadatas)}
+    refs, _ = resolve_lexical(cfg.lexical.path)
+    index = refs.open_all()
+    return ",".join(refs.dirs), {cid: {"text": t, "metadata": m} for cid, t, m in zip(index.ids, index.documents, index.metadatas)}
 
 
 def assert_lexical_equals_table(chunks: dict[str, dict[str, Any]], lexical: dict[str, dict[str, Any]]) -> None:
@@ -150,9 +150,9 @@ def assert_lexical_equals_table(chunks: dict[str, dict[str, Any]], lexical: dict
 
 
 def lexical_hits(cfg: RagConfig, text: str) -> set[str]:
-    from sparkrag.index.lexical import LexicalIndex, current_version_dir
+    from sparkrag.index.lexical_shards import load_published
 
-    index = LexicalIndex.load(current_version_dir(cfg.lexical.path))
+    index = load_published(cfg.lexical.path)
     return {m["doc_id"] for m in index.query([text], n_results=len(index))["metadatas"][0]}
 
 

@@ -18,7 +18,7 @@ from sparkrag.errors import ConfigError, VectorStoreError
 from sparkrag.index.exact import ExactIndex, distances
 from sparkrag.index.where import filter_mask
 from sparkrag.retrieval.fusion import fuse_rankings
-from sparkrag.index.lexical import LexicalIndex, current_version_dir, read_manifest, sync_lexical_index
+from sparkrag.index.lexical import LexicalIndex
 from sparkrag.retrieval.search import retrieve_contexts
 
 pytestmark = pytest.mark.filterwarnings("ignore:legacy embedding function config:DeprecationWarning")
@@ -170,30 +170,8 @@ def test_lexical_index_roundtrip_and_edge_cases(indexes, tmp_path):
     assert empty.query(["anything"], n_results=3)["ids"] == [[]]
     empty.save(str(tmp_path / "e"))
     assert LexicalIndex.load(str(tmp_path / "e")).query(["x"], n_results=1)["ids"] == [[]]
-    with pytest.raises(VectorStoreError, match="missing or incomplete"):
+    with pytest.raises(VectorStoreError, match="missing, incomplete or outdated"):
         LexicalIndex.load(str(tmp_path / "nothing"))
-
-
-def test_publish_is_atomic_and_skips_an_unchanged_table(spark, tmp_path):
-    cfg = LexicalConfig(path=str(tmp_path / "lexical"))
-    rows = [("c1", "The Zephyrine valve", "d1", 0, None, {"lang": "en"}, "h1", [1.0, 0.0]),
-            ("c2", "A water pump", "d2", 0, "Pumps", None, "h2", [0.0, 1.0])]
-    chunks = spark.createDataFrame(rows, "chunk_id string, text string, doc_id string, chunk_index int, "
-                                         "title string, metadata map<string,string>, doc_hash string, "
-                                         "embedding array<float>")
-    assert sync_lexical_index(chunks, cfg, chunks_version=3) == {"chunks": 2, "rebuilt": 1}
-    first = current_version_dir(cfg.path)
-    index = LexicalIndex.load(first)
-    assert index.metadatas[index.ids.index("c1")] == {"doc_id": "d1", "chunk_index": 0, "lang": "en", "doc_hash": "h1"}
-    assert sync_lexical_index(chunks, cfg, chunks_version=3) == {"chunks": 2, "rebuilt": 0}
-    assert current_version_dir(cfg.path) == first
-    (Path(cfg.path) / ".staging-v-killed").mkdir()  # a build killed before its manifest switch
-    assert current_version_dir(cfg.path) == first  # ... is invisible to readers
-    assert sync_lexical_index(chunks.limit(1), cfg, chunks_version=4)["rebuilt"] == 1
-    assert LexicalIndex.load(current_version_dir(cfg.path)).ids == ["c1"]
-    assert read_manifest(cfg.path)["chunks_version"] == 4
-    assert not list(Path(cfg.path).glob(".staging-*"))
-    assert sync_lexical_index(chunks, LexicalConfig(path=cfg.path, stopwords=""), chunks_version=4)["rebuilt"] == 1
 
 
 def test_fusion_methods_and_config_errors():

@@ -22,7 +22,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from sparkrag.index.layout import ShardStore, shard_fingerprint
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["ShardTask", "RESULT_SCHEMA", "build_shard", "make_build_fn", "apply_rows", "extract_archive"]
+__all__ = ["ShardTask", "RESULT_SCHEMA", "build_shard", "apply_rows", "extract_archive"]
 
 log = logging.getLogger(__name__)
 
@@ -162,20 +162,6 @@ def build_shard(task: ShardTask, batches: Iterable["pd.DataFrame"], cfg: ChromaC
     log.info("shard %d: %d vectors (%d loaded, %d deleted) -> %s", task.shard, result["total"], result["loaded"],
              result["deleted"], result["target"])
     return result
-
-
-def make_build_fn(tasks: list[ShardTask], cfg: ChromaConfig, *, embedding_model: str,
-                  dim: int) -> Callable[[Iterator["pd.DataFrame"]], Iterator["pd.DataFrame"]]:
-    """mapInPandas function: partition ``p`` of the shard-keyed frame builds ``tasks[p]``."""
-
-    def build(batches: Iterator["pd.DataFrame"]) -> Iterator["pd.DataFrame"]:
-        import pandas as pd
-        from pyspark import TaskContext
-
-        task = tasks[TaskContext.get().partitionId()]
-        yield pd.DataFrame([build_shard(task, batches, cfg, embedding_model=embedding_model, dim=dim)])
-
-    return build
 
 
 def extract_archive(archive: bytes) -> str:

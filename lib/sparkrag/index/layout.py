@@ -124,6 +124,10 @@ class Manifest:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
 
+    def kept_dirs(self) -> list[str]:
+        """The directories a publish of this manifest keeps: its own and its predecessor's (for its readers)."""
+        return [*self.dirs, *self.previous]
+
     @classmethod
     def from_json(cls, text: str, where: str) -> "Manifest":
         try:
@@ -164,6 +168,8 @@ class ShardStore:
     directories (Chroma needs a writable local disk) and copied here.
     """
 
+    manifest_type: type[Manifest] = Manifest
+
     def __init__(self, root: str, collection: str) -> None:
         # Absolute here, on the driver: a task's working directory is another on a cluster.
         self.root = os.path.abspath(_local(root))
@@ -189,7 +195,7 @@ class ShardStore:
         if not os.path.isfile(self.location):
             return None
         with open(self.location, encoding="utf-8") as fh:
-            return Manifest.from_json(fh.read(), self.location)
+            return self.manifest_type.from_json(fh.read(), self.location)
 
     def put(self, local_dir: str, rel: str) -> None:
         """Copy a finished local shard to ``rel`` (via a temporary name, then one rename)."""
@@ -226,7 +232,7 @@ class ShardStore:
         """Stamp and write ``manifest``, then remove directories neither it nor its predecessor names."""
         stamped = dataclasses.replace(manifest, published_at=dt.datetime.now(dt.timezone.utc).isoformat())
         self.write_manifest(stamped)
-        removed = self.collect_garbage([*stamped.dirs, *stamped.previous])
+        removed = self.collect_garbage(stamped.kept_dirs())
         log.info("published %s generation %d (%d shards); removed %d old shard directories",
                  self.location, stamped.generation, stamped.shards, len(removed))
         return stamped
@@ -268,7 +274,7 @@ class HadoopShardStore(ShardStore):
             text = self._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
         finally:
             stream.close()
-        return Manifest.from_json(text, self.location)
+        return self.manifest_type.from_json(text, self.location)
 
     def put(self, local_dir: str, rel: str) -> None:
         fs = self._fs()

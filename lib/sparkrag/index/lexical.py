@@ -1,27 +1,24 @@
-"""The BM25 lexical index: built by the ingest job from the chunks table, searched by the answer job.
+"""The BM25 lexical index of one shard (or of a whole small corpus): build, query, save, load.
 
-Why bm25s and not Chroma: the installed ChromaDB (1.5.9) runs neither its Search API
+Why not Chroma: the installed ChromaDB (1.5.9) runs neither its Search API
 (``NotImplementedError: Search is not implemented for Local Chroma``) nor sparse vector
 indexes (``Sparse vector indexing is not enabled in local``) outside Chroma Cloud, and
-this project must run on a laptop. bm25s is a small numpy BM25 (Lucene scoring) whose
-figures on SQuAD-like data are in issue #7.
+this project must run on a laptop. Tokenizing is bm25s's; the postings and scoring are
+:mod:`sparkrag.index.bm25` (bm25s's Lucene scoring, with corpus figures from outside, so a
+shard scores like the whole corpus). The sharded, published index that the ingest job
+keeps and the answer job reads is :mod:`sparkrag.index.lexical_shards`.
 
-Layout under ``lexical.path`` (a folder beside the Chroma directory)::
+A saved index (one folder)::
 
-    manifest.json        {"version": "v-...", "chunks_version": 7, "fingerprint": ..., "chunks": n}
-    v-<time>-<id>/       bm25s arrays + chunks.parquet (chunk_id, text, metadata_json)
-                         + title/ (bm25s arrays of the chunks' titles, when titles are indexed)
+    settings.json      k1, b, stopwords, stemmer, fold_accents, title_weight, format
+    postings.npz       text_* and title_* arrays (indptr, docs, tf, lengths)
+    terms.parquet      field, term, df (the terms of both fields, in postings order)
+    chunks.parquet     chunk_id, text, metadata_json
 
 What is indexed (issue #16, measured on squad2-train10's tuning half; see LexicalConfig):
 lower-case words, accents folded (``fold_accents``), stopwords dropped, Snowball-stemmed
 (``stemmer``), and each chunk's title (its metadata ``title``) as a second field whose
 BM25 score is added with ``title_weight``. Queries are tokenized the same way.
-
-A build writes a new version folder, then replaces ``manifest.json`` atomically
-(``os.replace``): a reader resolves the manifest once and never sees a half-built index.
-The index is rebuilt from the whole chunks table whenever that table's version moved, so
-changed and deleted chunks leave it in the same run that changes the table (BM25's
-document frequencies are global, so a rebuild is also what keeps scores exact).
 
 Filters mean what they mean in Chroma: the same ``where``/``where_document`` specs are
 evaluated over each chunk's Chroma metadata and text (:func:`sparkrag.index.where.filter_mask`).
@@ -35,33 +32,24 @@ Example:
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
-import shutil
-import time
-import uuid
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from sparkrag.config import LexicalConfig
 from sparkrag.errors import ConfigError, SchemaError, VectorStoreError
+from sparkrag.index.bm25 import FieldStats, Postings
 from sparkrag.index.where import check_where, check_where_document, filter_mask
 from sparkrag.models import worker_cached
 
-if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
-
-__all__ = ["LexicalIndex", "fold_accents", "read_manifest", "current_version_dir", "sync_lexical_index",
-           "make_lexical_fn", "ship_lexical_index"]
+__all__ = ["LexicalIndex", "fold_accents", "settings_of", "tokenize"]
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-_FORMAT = 2  # bump when the folder layout changes: old indexes are rebuilt (2: title field, stemming)
-_KEEP_VERSIONS = 2  # the current one and the one before (a reader may still be on it)
+_FORMAT = 3  # bump when the folder layout changes: old indexes are rebuilt (2: title field, stemming; 3: postings)
 
 
 def fold_accents(text: str) -> str:
@@ -95,33 +83,25 @@ def _tokenize(texts: Sequence[str], settings: Mapping[str, Any], *, return_ids: 
                           stemmer=_stemmer(settings.get("stemmer", "")), return_ids=return_ids, show_progress=False)
 
 
-def _bm25(tokens: Any, k1: float, b: float) -> Any:
-    """A bm25s index of ``tokens``, or None when the corpus has no term at all (bm25s cannot index it)."""
-    import bm25s
-
-    if not tokens.vocab:
-        return None
-    bm25 = bm25s.BM25(k1=k1, b=b)
-    bm25.index(tokens, show_progress=False)
-    return bm25
-
-
 class LexicalIndex:
     """BM25 over chunk texts, with each chunk's Chroma metadata for pre-query filters.
 
     ``query`` answers like ``Collection.query`` but takes texts and returns BM25 ``scores``
     (higher is better); chunks sharing no term with the query (text or title) are never
-    returned. ``title_bm25`` scores the chunks' titles, added with ``settings["title_weight"]``.
+    returned. The title field's score is added with ``settings["title_weight"]``.
+    ``stats`` (text and title :class:`~sparkrag.index.bm25.FieldStats`) are the corpus
+    figures to score with: the index's own by default, the whole corpus's for a shard.
     """
 
     def __init__(self, ids: Sequence[str], documents: Sequence[str], metadatas: Sequence[Mapping[str, Any]],
-                 bm25: Any, settings: Mapping[str, Any], title_bm25: Any = None) -> None:
+                 text: Postings, settings: Mapping[str, Any], title: Postings | None = None) -> None:
         self.ids, self.documents = [str(i) for i in ids], list(documents)
         self.metadatas = [dict(m or {}) for m in metadatas]
-        if not len(self.ids) == len(self.documents) == len(self.metadatas):
-            raise SchemaError(f"LexicalIndex: expected {len(self.ids)} documents and metadatas, "
-                              f"got {len(self.documents)} and {len(self.metadatas)}")
-        self.bm25, self.settings, self.title_bm25 = bm25, dict(settings), title_bm25
+        if not len(self.ids) == len(self.documents) == len(self.metadatas) == len(text):
+            raise SchemaError(f"LexicalIndex: expected {len(self.ids)} documents, metadatas and postings, "
+                              f"got {len(self.documents)}, {len(self.metadatas)} and {len(text)}")
+        self.text, self.title, self.settings = text, title, dict(settings)
+        self.stats = (text.local_stats(), title.local_stats() if title is not None else None)
         self._masks: dict[str, np.ndarray] = {}
 
     @classmethod
@@ -134,14 +114,12 @@ class LexicalIndex:
         """
         if not cfg.title_weight >= 0:
             raise ConfigError(f"lexical.title_weight: expected >= 0, got {cfg.title_weight!r}")
-        settings = {"k1": cfg.k1, "b": cfg.b, "stopwords": cfg.stopwords, "stemmer": cfg.stemmer,
-                    "fold_accents": cfg.fold_accents, "title_weight": cfg.title_weight, "format": _FORMAT}
-        bm25 = _bm25(_tokenize(documents, settings, return_ids=True), cfg.k1, cfg.b)
-        title_bm25 = None
+        settings = settings_of(cfg)
+        text = _postings(documents, settings)
+        title = None
         if cfg.title_weight > 0:
-            titles = [str((m or {}).get("title") or "") for m in metadatas]
-            title_bm25 = _bm25(_tokenize(titles, settings, return_ids=True), cfg.k1, cfg.b)
-        return cls(ids, documents, metadatas, bm25, settings, title_bm25)
+            title = _postings([str((m or {}).get("title") or "") for m in metadatas], settings)
+        return cls(ids, documents, metadatas, text, settings, title)
 
     def with_title_weight(self, weight: float) -> "LexicalIndex":
         """The same index scoring titles with ``weight`` (0: text only); arrays are shared, not copied.
@@ -151,7 +129,12 @@ class LexicalIndex:
         copy = LexicalIndex.__new__(LexicalIndex)
         copy.__dict__.update(self.__dict__)
         copy.settings = {**self.settings, "title_weight": float(weight)}
-        copy._masks = self._masks
+        return copy
+
+    def with_stats(self, text: FieldStats, title: FieldStats | None) -> "LexicalIndex":
+        """The same index scoring with the corpus figures ``text`` and ``title`` (a shard of a larger index)."""
+        copy = self.with_title_weight(self.settings.get("title_weight") or 0.0)
+        copy.stats = (text, title)
         return copy
 
     def __len__(self) -> int:
@@ -180,7 +163,7 @@ class LexicalIndex:
             check_where_document(where_document, option="where_document")
         mask = self._mask(where, where_document)
         out: dict[str, list[list[Any]]] = {"ids": [], "scores": [], "documents": [], "metadatas": []}
-        for tokens in _tokenize(query_texts, self.settings, return_ids=False):
+        for tokens in tokenize(query_texts, self.settings):
             picked, scores = self._top(tokens, n_results, mask)
             out["ids"].append([self.ids[i] for i in picked])
             out["scores"].append(scores)
@@ -189,12 +172,13 @@ class LexicalIndex:
         return out
 
     def _top(self, tokens: list[str], k: int, mask: np.ndarray | None) -> tuple[list[int], list[float]]:
-        if self.bm25 is None or not tokens or k < 1:  # bm25s fails on a query with no token left
+        if not tokens or k < 1 or not len(self):
             return [], []
-        scores = np.asarray(self.bm25.get_scores(tokens), dtype=np.float64)
+        k1, b = float(self.settings["k1"]), float(self.settings["b"])
+        scores = self.text.scores(tokens, self.stats[0], k1=k1, b=b).astype(np.float64)
         weight = float(self.settings.get("title_weight") or 0.0)
-        if weight > 0 and self.title_bm25 is not None:  # BM25F-like: the fields' scores add up
-            scores = scores + weight * np.asarray(self.title_bm25.get_scores(tokens), dtype=np.float64)
+        if weight > 0 and self.title is not None and self.stats[1] is not None:  # BM25F-like: fields add up
+            scores = scores + weight * self.title.scores(tokens, self.stats[1], k1=k1, b=b).astype(np.float64)
         if mask is not None:
             scores = np.where(mask, scores, 0.0)
         hits = np.flatnonzero(scores > 0)
@@ -203,18 +187,29 @@ class LexicalIndex:
         order = hits[np.lexsort((hits, -scores[hits]))]  # best first; ties by position, so runs repeat
         return order.tolist(), scores[order].tolist()
 
+    def term_frequencies(self) -> dict[str, list[Any]]:
+        """Columns ``field``, ``term``, ``df`` of both fields: what a sharded index sums over its shards."""
+        out: dict[str, list[Any]] = {"field": [], "term": [], "df": []}
+        for name, postings in (("text", self.text), ("title", self.title)):
+            if postings is not None:
+                out["field"] += [name] * len(postings.terms)
+                out["term"] += postings.terms
+                out["df"] += postings.doc_frequencies().tolist()
+        return out
+
     # ---- storage ----
 
     def save(self, folder: str) -> None:
-        """Write the bm25s arrays and the chunk rows into ``folder`` (created)."""
+        """Write the postings, the terms and the chunk rows into ``folder`` (created)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         os.makedirs(folder, exist_ok=True)
-        if self.bm25 is not None:
-            self.bm25.save(folder, show_progress=False)
-        if self.title_bm25 is not None:
-            self.title_bm25.save(os.path.join(folder, "title"), show_progress=False)
+        arrays = self.text.arrays("text_")
+        if self.title is not None:
+            arrays.update(self.title.arrays("title_"))
+        np.savez(os.path.join(folder, "postings.npz"), **arrays)
+        pq.write_table(pa.table(self.term_frequencies()), os.path.join(folder, "terms.parquet"))
         rows = pa.table({"chunk_id": self.ids, "text": self.documents,
                          "metadata_json": [json.dumps(m, sort_keys=True) for m in self.metadatas]})
         pq.write_table(rows, os.path.join(folder, "chunks.parquet"))
@@ -226,149 +221,40 @@ class LexicalIndex:
         """Read an index written by :meth:`save`.
 
         Raises:
-            VectorStoreError: the folder is missing or incomplete.
+            VectorStoreError: the folder is missing, incomplete or of an older format.
         """
-        import bm25s
         import pyarrow.parquet as pq
 
         try:
             with open(os.path.join(folder, "settings.json"), encoding="utf-8") as fh:
                 settings = json.load(fh)
+            if settings.get("format") != _FORMAT:
+                raise ValueError(f"format {settings.get('format')!r}, this sparkrag reads {_FORMAT}")
             rows = pq.read_table(os.path.join(folder, "chunks.parquet")).to_pydict()
-        except (OSError, ValueError) as exc:
-            raise VectorStoreError(f"lexical index at {folder} is missing or incomplete ({exc}); "
+            terms = pq.read_table(os.path.join(folder, "terms.parquet")).to_pydict()
+            with np.load(os.path.join(folder, "postings.npz")) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError, KeyError) as exc:
+            raise VectorStoreError(f"lexical index at {folder} is missing, incomplete or outdated ({exc}); "
                                    "rerun the ingest job") from exc
-        def bm25_in(where: str) -> Any:
-            has_bm25 = os.path.exists(os.path.join(where, "params.index.json"))
-            return bm25s.BM25.load(where, show_progress=False) if has_bm25 else None
-
-        return cls(rows["chunk_id"], rows["text"], [json.loads(m) for m in rows["metadata_json"]], bm25_in(folder),
-                   settings, bm25_in(os.path.join(folder, "title")))
-
-
-# ---- versions and the manifest ----
-
-def read_manifest(path: str) -> dict[str, Any] | None:
-    """The published index's manifest under ``path``, or None when none was published."""
-    try:
-        with open(os.path.join(path, MANIFEST), encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        return None
+        fields = {name: [t for f, t in zip(terms["field"], terms["term"]) if f == name] for name in ("text", "title")}
+        text = Postings.from_arrays(fields["text"], arrays, "text_")
+        title = Postings.from_arrays(fields["title"], arrays, "title_") if "title_indptr" in arrays else None
+        return cls(rows["chunk_id"], rows["text"], [json.loads(m) for m in rows["metadata_json"]], text,
+                   settings, title)
 
 
-def current_version_dir(path: str) -> str:
-    """The folder of the published index under ``path``.
-
-    Raises:
-        VectorStoreError: nothing was published there (the message names ``lexical.path``).
-    """
-    manifest = read_manifest(path)
-    if manifest is None or not os.path.isdir(os.path.join(path, manifest["version"])):
-        raise VectorStoreError(f"no lexical index at {path} (lexical.path); run the ingest job with "
-                               "lexical.enabled=true before retrieval.mode lexical or hybrid")
-    # Absolute: executors that read it in place have another working directory on a cluster.
-    return os.path.abspath(os.path.join(path, manifest["version"]))
+def settings_of(cfg: LexicalConfig) -> dict[str, Any]:
+    """What an index is built with: equal settings, interchangeable indexes."""
+    return {"k1": cfg.k1, "b": cfg.b, "stopwords": cfg.stopwords, "stemmer": cfg.stemmer,
+            "fold_accents": cfg.fold_accents, "title_weight": cfg.title_weight, "format": _FORMAT}
 
 
-def _fingerprint(cfg: LexicalConfig) -> str:
-    return json.dumps({"k1": cfg.k1, "b": cfg.b, "stopwords": cfg.stopwords, "stemmer": cfg.stemmer,
-                       "fold_accents": cfg.fold_accents, "title_weight": cfg.title_weight, "format": _FORMAT},
-                      sort_keys=True)
+def _postings(texts: Sequence[str], settings: Mapping[str, Any]) -> Postings:
+    tokens = _tokenize(texts, settings, return_ids=True)
+    return Postings.from_ids(tokens.ids, tokens.vocab)
 
 
-def _publish(path: str, index: LexicalIndex, manifest: dict[str, Any]) -> str:
-    """Write ``index`` as a new version, switch the manifest to it, drop versions beyond the last two."""
-    version = f"v-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    staging = os.path.join(path, f".staging-{version}")
-    index.save(staging)
-    os.replace(staging, os.path.join(path, version))
-    tmp = os.path.join(path, f".{MANIFEST}.{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({**manifest, "version": version}, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, os.path.join(path, MANIFEST))  # the commit point
-    older = sorted(d for d in os.listdir(path) if d.startswith("v-") and d != version)
-    for old in older[:max(len(older) - (_KEEP_VERSIONS - 1), 0)]:  # names sort by build time
-        shutil.rmtree(os.path.join(path, old), ignore_errors=True)
-    for leftover in (d for d in os.listdir(path) if d.startswith(".staging-")):  # killed builds
-        shutil.rmtree(os.path.join(path, leftover), ignore_errors=True)
-    return version
-
-
-def sync_lexical_index(chunks: "DataFrame | None", cfg: LexicalConfig, *, chunks_version: int | None) -> dict[str, int]:
-    """Rebuild the index from ``chunks`` when the table (or the BM25 settings) changed since the last build.
-
-    Args:
-        chunks: the chunks table (None: no table yet, an empty index is published).
-        chunks_version: its Delta version; equal to the manifest's means nothing to do.
-
-    Returns:
-        ``{"chunks": n, "rebuilt": 0 or 1}``.
-    """
-    if not cfg.enabled:
-        return {}
-    os.makedirs(cfg.path, exist_ok=True)
-    manifest = read_manifest(cfg.path)
-    fingerprint = _fingerprint(cfg)
-    if (manifest is not None and manifest.get("chunks_version") == chunks_version
-            and manifest.get("fingerprint") == fingerprint and os.path.isdir(os.path.join(cfg.path, manifest["version"]))):
-        log.info("lexical index %s is current (chunks table version %s)", cfg.path, chunks_version)
-        return {"chunks": int(manifest["chunks"]), "rebuilt": 0}
-    start = time.perf_counter()
-    ids, texts, metas = _chunk_rows(chunks)
-    index = LexicalIndex.build(ids, texts, metas, cfg)
-    version = _publish(cfg.path, index, {"chunks_version": chunks_version, "fingerprint": fingerprint,
-                                         "chunks": len(ids), "created_at": dt.datetime.now(dt.timezone.utc).isoformat()})
-    log.info("lexical index %s/%s: %d chunks in %.1f s", cfg.path, version, len(ids), time.perf_counter() - start)
-    return {"chunks": len(ids), "rebuilt": 1}
-
-
-def _chunk_rows(chunks: "DataFrame | None") -> tuple[list[str], list[str], list[dict[str, Any]]]:
-    """chunk ids, texts and the metadata Chroma stores for them (doc_hash included, as the sync does)."""
-    from sparkrag.index.sync import chroma_rows
-    from sparkrag.spark import collect_arrow
-    from sparkrag.index.vectorstore import to_chroma_metadata
-
-    if chunks is None:
-        return [], [], []
-    rows = collect_arrow(chroma_rows(chunks).select("chunk_id", "text", "doc_id", "chunk_index", "title", "metadata"))
-    rows = rows.to_pydict()
-    metas = [to_chroma_metadata(d, i, t, dict(m or ()))  # Arrow maps arrive as lists of pairs
-             for d, i, t, m in zip(rows["doc_id"], rows["chunk_index"], rows["title"], rows["metadata"])]
-    return rows["chunk_id"], rows["text"], metas
-
-
-# ---- executors ----
-
-def ship_lexical_index(spark: "SparkSession", folder: str) -> str:
-    """Ship the version ``folder`` to every executor (``addArchive``); returns the archive name."""
-    import tarfile
-    import tempfile
-
-    from sparkrag.spark import ship_archive
-
-    name = f"lexical-{os.path.basename(folder)}.tar.gz"
-    archive = os.path.join(tempfile.mkdtemp(prefix="sparkrag-lexical-"), name)
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(folder, arcname=".")
-    ship_archive(spark, archive)
-    log.info("shipped lexical index %s (%.1f MB) to executors", name, os.path.getsize(archive) / 1e6)
-    return name
-
-
-def make_lexical_fn(folder: str, *, shipped: str | None = None) -> Callable[[], LexicalIndex]:
-    """A zero-argument, picklable loader of the index in ``folder`` (or archive ``shipped``), once per worker."""
-
-    def load() -> LexicalIndex:
-        def read() -> LexicalIndex:
-            if shipped is None:
-                return LexicalIndex.load(folder)
-            from pyspark import SparkFiles
-
-            return LexicalIndex.load(SparkFiles.get(shipped))
-
-        return worker_cached(("sparkrag.index.lexical", folder, shipped), read)
-
-    return load
+def tokenize(texts: Sequence[str], settings: Mapping[str, Any]) -> list[list[str]]:
+    """Each text's tokens as the index with ``settings`` sees them."""
+    return _tokenize(texts, settings, return_ids=False)

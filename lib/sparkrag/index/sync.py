@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from sparkrag.config import ChromaConfig, RagConfig
 from sparkrag.errors import ConfigError, VectorStoreError
@@ -27,14 +27,13 @@ from sparkrag.index.layout import Manifest, ShardStore, default_shard_count, is_
     server_shard_names, shard_column, shard_fingerprint
 
 if TYPE_CHECKING:
+    import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["open_for_ingest", "sync_collection", "chroma_rows", "write_partitions_to_server"]
+__all__ = ["open_for_ingest", "sync_collection", "chroma_rows", "write_partitions_to_server", "shard_summaries",
+           "run_per_shard"]
 
 log = logging.getLogger(__name__)
-
-_ROWS_SCHEMA = ("chunk_id string, embedding array<float>, text string, doc_id string, chunk_index int, "
-                "title string, metadata map<string,string>, doc_hash string, _shard int")
 
 
 def _server_shards(cfg: ChromaConfig) -> list[str]:
@@ -140,7 +139,7 @@ def _shard_count(cfg: RagConfig, existing: int | None, n_chunks: int, parallelis
     return existing or default_shard_count(n_chunks, parallelism)
 
 
-def _desired(keyed: "DataFrame | None", n: int) -> tuple[list[str], list[int]]:
+def shard_summaries(keyed: "DataFrame | None", n: int) -> tuple[list[str], list[int]]:
     """Per shard: the fingerprint and count of the table's (chunk_id, doc_hash) pairs.
 
     A Spark aggregate: each shard's pairs are hashed where the shard's rows are, and the
@@ -205,7 +204,7 @@ def _sync(spark: "SparkSession", chunks: "DataFrame | None", cfg: RagConfig, sto
     n_chunks = chunks.count() if chunks is not None and chroma.shards is None and not existing else 0
     n = _shard_count(cfg, existing, n_chunks, parallelism)
     keyed = chunks.withColumn("_shard", shard_column("doc_id", n)) if chunks is not None else None
-    fingerprints, counts = _desired(keyed, n)
+    fingerprints, counts = shard_summaries(keyed, n)
     same_layout = manifest is not None and manifest.shards == n
     if store is None:
         names = server_shard_names(chroma.collection, n)
@@ -245,28 +244,50 @@ def _drop_other_server_shards(chroma: ChromaConfig, keep: list[str]) -> None:
         log.info("dropped Chroma collection %r of the previous shard layout", name)
 
 
-def _run_tasks(spark: "SparkSession", keyed: "DataFrame | None", tasks: list[Any], chroma: ChromaConfig, *,
-               embedding_model: str, dim: int) -> list[dict[str, Any]]:
-    """One Spark task per shard task (partition p builds tasks[p]); empty shards are built on the driver."""
+def run_per_shard(spark: "SparkSession", rows: "DataFrame | None", shards: list[int],
+                  build: Callable[[int, Iterator["pd.DataFrame"]], dict[str, Any]], schema: str) -> list[dict[str, Any]]:
+    """``build(shard, batches)`` once per shard of ``shards``, each in its own Spark task with exactly its rows.
+
+    ``rows`` carry ``_shard``. The driver receives one result row per shard. A shard whose
+    rows all vanished may get no task (empty shuffle partitions): it is built on the driver
+    from no rows.
+    """
     from pyspark.sql import functions as F
 
-    from sparkrag.index.build import RESULT_SCHEMA, build_shard, make_build_fn
-
-    if not tasks:
+    if not shards:
         return []
-    if keyed is None:
-        keyed = spark.createDataFrame([], _ROWS_SCHEMA)
-    keys = _partition_keys(len(tasks))
-    to_key = F.create_map(*[F.lit(x) for t, k in zip(tasks, keys) for x in (t.shard, k)])
-    rows = (chroma_rows(keyed).where(F.col("_shard").isin([t.shard for t in tasks]))
-            .withColumn("_pkey", to_key[F.col("_shard")].cast("long")))  # typed as the keys were hashed
-    build = make_build_fn(tasks, chroma, embedding_model=embedding_model, dim=dim)
-    results = [r.asDict() for r in rows.repartition(len(tasks), "_pkey").mapInPandas(build, RESULT_SCHEMA).collect()]
+    keys = _partition_keys(len(shards))
+    results: list[dict[str, Any]] = []
+    if rows is not None:
+        to_key = F.create_map(*[F.lit(x) for s, k in zip(shards, keys) for x in (s, k)])
+        keyed = (rows.where(F.col("_shard").isin(shards))
+                 .withColumn("_pkey", to_key[F.col("_shard")].cast("long")))  # typed as the keys were hashed
+
+        def task(batches: Iterator["pd.DataFrame"]) -> Iterator["pd.DataFrame"]:
+            import pandas as pd
+            from pyspark import TaskContext
+
+            shard = shards[TaskContext.get().partitionId()]
+            yield pd.DataFrame([build(shard, (b.drop(columns=["_pkey"]) for b in batches))])
+
+        results = [r.asDict() for r in keyed.repartition(len(shards), "_pkey").mapInPandas(task, schema).collect()]
     done = {r["shard"] for r in results}
-    for task in tasks:  # a shard whose documents all vanished may get no task (empty shuffle partitions)
-        if task.shard not in done:
-            results.append(build_shard(task, iter(()), chroma, embedding_model=embedding_model, dim=dim))
+    results += [build(s, iter(())) for s in shards if s not in done]
     return sorted(results, key=lambda r: r["shard"])
+
+
+def _run_tasks(spark: "SparkSession", keyed: "DataFrame | None", tasks: list[Any], chroma: ChromaConfig, *,
+               embedding_model: str, dim: int) -> list[dict[str, Any]]:
+    """One Spark task per shard task; each builds its Chroma shard (:mod:`sparkrag.index.build`)."""
+    from sparkrag.index.build import RESULT_SCHEMA, build_shard
+
+    by_shard = {t.shard: t for t in tasks}
+
+    def build(shard: int, batches: Iterator["pd.DataFrame"]) -> dict[str, Any]:
+        return build_shard(by_shard[shard], batches, chroma, embedding_model=embedding_model, dim=dim)
+
+    rows = chroma_rows(keyed) if keyed is not None else None
+    return run_per_shard(spark, rows, [t.shard for t in tasks], build, RESULT_SCHEMA)
 
 
 def _publish(store: ShardStore, base: Manifest | None, results: list[dict[str, Any]], fingerprints: list[str],

@@ -242,19 +242,17 @@ def _index_factory(spark: "SparkSession", tables: "Tables", cfg: RagConfig, dim:
 
 
 def _lexical_factory(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRecorder):
-    """A picklable loader of the published BM25 index; fails on the driver when there is none."""
-    from sparkrag.index.lexical import current_version_dir, make_lexical_fn, read_manifest, ship_lexical_index
+    """The published BM25 index's :class:`~sparkrag.index.lexical_shards.LexicalRefs` (a picklable loader);
+    fails on the driver when there is none."""
+    from sparkrag.index.lexical_shards import resolve_lexical, ship_lexical
     from sparkrag.spark import ships_copies
 
-    folder = current_version_dir(cfg.lexical.path)  # resolved once: every task reads this version
-    built_from = (read_manifest(cfg.lexical.path) or {}).get("chunks_version")
-    rec.outputs["lexical_index"] = folder
-    if tables.exists(cfg.names.chunks) and built_from != tables.version(cfg.names.chunks):
+    refs, manifest = resolve_lexical(cfg.lexical.path)  # resolved once: every task reads this version
+    rec.outputs["lexical_index"] = f"{cfg.lexical.path} (generation {manifest.generation})"
+    if tables.exists(cfg.names.chunks) and manifest.chunks_version != tables.version(cfg.names.chunks):
         log.warning("lexical index %s was built from chunks table version %s, the table is at %s: "
-                    "rerun the ingest job", folder, built_from, tables.version(cfg.names.chunks))
-    if ships_copies(spark, cfg.answer.chroma_access):
-        return make_lexical_fn(folder, shipped=ship_lexical_index(spark, folder))
-    return make_lexical_fn(folder)
+                    "rerun the ingest job", cfg.lexical.path, manifest.chunks_version, tables.version(cfg.names.chunks))
+    return ship_lexical(spark, refs) if ships_copies(spark, cfg.answer.chroma_access) else refs
 
 
 def _summarise(tables: "Tables", cfg: RagConfig, rec: RunRecorder) -> None:

@@ -107,7 +107,7 @@ def compare_retrieval_modes(spark: "SparkSession", cfg: RagConfig, *, modes: Seq
         VectorStoreError: the vector or lexical index is missing.
     """
     from sparkrag.embed import check_vectors, encoder_info, make_encode_fn
-    from sparkrag.index.lexical import LexicalIndex, current_version_dir
+    from sparkrag.index.lexical_shards import load_published
     from sparkrag.retrieval.search import retrieve_contexts
     from sparkrag.delta import open_tables
 
@@ -126,7 +126,7 @@ def compare_retrieval_modes(spark: "SparkSession", cfg: RagConfig, *, modes: Seq
                             model=model_id)
     index = _dense_index(spark, tables, cfg, dim)
     needs_lexical = any(VARIANTS[m][0] != "dense" for m in modes)
-    lexical = LexicalIndex.load(current_version_dir(cfg.lexical.path)) if needs_lexical else None
+    lexical = load_published(cfg.lexical.path) if needs_lexical else None
     extra = [c for c in pdf.columns if c not in ("_question", "_gold")]
     rows = [{c: pdf.at[i, c] for c in extra} for i in range(len(pdf))]  # to_dict("records") of 0 columns is []
     top = max(ks)
