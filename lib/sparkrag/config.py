@@ -272,6 +272,12 @@ class RetrievalConfig:
     # fused (issue #7: on SQuAD-like data BM25 and fusion beat MiniLM alone at recall@5).
     mode: Literal["dense", "lexical", "hybrid"] = "dense"
     vector_search: Literal["ann", "exact"] = "ann"  # exact: brute force over the chunks table's embeddings
+    # How the answer job's tasks reach a sharded index (issue #13). replicated: every worker opens
+    # every shard (best for small indexes); partitioned: each question goes to every shard, a task
+    # opens one shard and the candidates are merged per question (a worker holds the shards its
+    # tasks touched). auto: partitioned when the index exceeds a quarter of an executor's memory.
+    # vector_search exact always runs partitioned, from the chunks table, with no broadcast.
+    shard_access: Literal["auto", "replicated", "partitioned"] = "auto"
     # zscore: each list's scores standardised per query, then summed (sparkrag.retrieval.fusion). Issue #16,
     # tuning half of squad2-train10: recall@1/5 0.812/0.962 vs RRF k=60 0.779/0.954 (check half
     # 0.747/0.946 vs 0.693/0.928; RRF with any k or lexical weight stayed below zscore)

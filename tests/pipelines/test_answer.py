@@ -458,7 +458,8 @@ def test_filters_json_records_the_filters_applied(filtered):
 
 # -- hybrid: the same filters, each context's retrievers recorded -----------------------------
 def test_hybrid_run_applies_every_filter_and_records_retrievers(indexed, hybrid):
-    assert hybrid.record["outputs"]["lexical_index"].startswith(indexed.cfg.lexical.path + "/v-")
+    assert hybrid.record["outputs"]["lexical_index"] == f"{indexed.cfg.lexical.path} (generation 1)"
+    assert hybrid.record["outputs"]["shard_access"].startswith("replicated (auto: the index")
     both = 0
     for qid, row in hybrid.by_id.items():
         if qid in EMPTY:

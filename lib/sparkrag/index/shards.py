@@ -54,6 +54,7 @@ __all__ = [
     "resolve_shards",
     "open_index",
     "prepare_index_fn",
+    "prepare_shard_refs",
     "make_index_fn",
     "snapshot_for_executors",
     "open_snapshot_collection",
@@ -253,6 +254,13 @@ def prepare_index_fn(spark: "SparkSession", cfg: ChromaConfig, *, embedding_mode
     Raises:
         VectorStoreError: nothing published, or a shard built for another encoder.
     """
+    refs = prepare_shard_refs(spark, cfg, embedding_model=embedding_model, dim=dim, access=access)
+    return make_index_fn(cfg, refs, embedding_model=embedding_model, dim=dim)
+
+
+def prepare_shard_refs(spark: "SparkSession", cfg: ChromaConfig, *, embedding_model: str, dim: int,
+                       access: Literal["auto", "snapshot", "shared"] = "auto") -> tuple[ShardRef, ...]:
+    """The checked (and, with snapshots, shipped) shards of :func:`prepare_index_fn`, one ref each."""
     refs = resolve_shards(cfg, spark)
     if cfg.mode == "embedded" and not os.path.isdir(refs[0].path or ""):  # a Hadoop store: copy here, then ship
         refs, access = _download(spark, cfg), "snapshot"
@@ -264,7 +272,7 @@ def prepare_index_fn(spark: "SparkSession", cfg: ChromaConfig, *, embedding_mode
                          for r in refs)
     log.info("Chroma index %r: %d shard(s) (%s)", cfg.collection, len(refs),
              "snapshots" if refs[0].snapshot else cfg.mode)
-    return make_index_fn(cfg, refs, embedding_model=embedding_model, dim=dim)
+    return refs
 
 
 def _download(spark: "SparkSession", cfg: ChromaConfig) -> tuple[ShardRef, ...]:

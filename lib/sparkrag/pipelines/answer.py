@@ -112,32 +112,33 @@ def _answer(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
     if rec.counts["questions"] == 0:  # e.g. --resume of a finished run: nothing to do, nothing written
         _summarise(tables, cfg, rec)
         return
+    from sparkrag.pipelines.answer_retrieval import plan_retrieval
+
     with rec.stage("open_index"):
-        index_fn = _index_factory(spark, tables, cfg, dim)
-        lexical_fn = _lexical_factory(spark, tables, cfg, rec) if cfg.retrieval.mode != "dense" else None
-    produce = _pipeline(spark, cfg, index_fn, lexical_fn)
-    with rec.stage("retrieve_generate_write", spark):
-        stage_answers(tables, cfg, rec, todo, produce)
+        retrieval = plan_retrieval(spark, tables, cfg, rec, dim)
+    try:
+        with rec.stage("retrieve_generate_write", spark):
+            stage_answers(tables, cfg, rec, todo, _pipeline(spark, cfg, retrieval))
+    finally:
+        retrieval.close()
     with rec.stage("merge"):
         merge_staged_answers(tables, cfg, rec.run_id)
     _summarise(tables, cfg, rec)
 
 
-def _pipeline(spark: "SparkSession", cfg: RagConfig, index_fn, lexical_fn):
-    """questions DataFrame -> answer rows (stage2_schema): retrieval, then generation."""
-    from sparkrag.pipelines.answer_stages import make_generate_stage, make_retrieve_stage, stage1_schema, stage2_schema
+def _pipeline(spark: "SparkSession", cfg: RagConfig, retrieve):
+    """questions DataFrame -> answer rows (stage2_schema): retrieval (replicated or partitioned), then generation."""
+    from sparkrag.pipelines.answer_stages import make_generate_stage, stage2_schema
     from sparkrag.spark import map_in_pandas
 
-    parallelism = max(spark.sparkContext.defaultParallelism, 1)
-    generate_partitions = cfg.answer.generate_partitions or parallelism
-    retrieve = make_retrieve_stage(cfg, index_fn, lexical_fn)
+    generate_partitions = cfg.answer.generate_partitions or max(spark.sparkContext.defaultParallelism, 1)
     generate, profile = make_generate_stage(cfg)
 
     def produce(questions: "DataFrame") -> "DataFrame":
-        stage1 = questions.repartition(parallelism).mapInPandas(retrieve, stage1_schema())
         # The repartition is the stage boundary that lets generation run under its own
         # ResourceProfile (GPU tasks) while retrieval runs on CPU tasks.
-        return map_in_pandas(stage1.repartition(generate_partitions), generate, stage2_schema(), profile=profile)
+        return map_in_pandas(retrieve(questions).repartition(generate_partitions), generate, stage2_schema(),
+                             profile=profile)
 
     return produce
 
@@ -223,36 +224,6 @@ def _heal_duplicate_answers(tables: "Tables", cfg: RagConfig, run_id: str) -> No
         log.warning("answers table %s held %d repeated (question_id, run_id) pair(s) of run %s: deleted, "
                     "answered again", cfg.names.answers, found, run_id)
     repeated.unpersist()
-
-
-def _index_factory(spark: "SparkSession", tables: "Tables", cfg: RagConfig, dim: int):
-    """A zero-argument, picklable factory of the search index on executors."""
-    if cfg.retrieval.vector_search == "exact":
-        from sparkrag.pipelines.answer_stages import make_exact_index_fn
-        from sparkrag.index.sync import chroma_rows
-
-        chunks = chroma_rows(tables.read(cfg.names.chunks)).toPandas()
-        return make_exact_index_fn(spark.sparkContext.broadcast(chunks), cfg.chroma.space)
-    # Resolves the published shards once, fails here (before any task) when one is missing or
-    # foreign, and ships snapshots when executors cannot read the directories in place.
-    from sparkrag.index.shards import prepare_index_fn
-
-    return prepare_index_fn(spark, cfg.chroma, embedding_model=cfg.encoder.model, dim=dim,
-                            access=cfg.answer.chroma_access)
-
-
-def _lexical_factory(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRecorder):
-    """The published BM25 index's :class:`~sparkrag.index.lexical_shards.LexicalRefs` (a picklable loader);
-    fails on the driver when there is none."""
-    from sparkrag.index.lexical_shards import resolve_lexical, ship_lexical
-    from sparkrag.spark import ships_copies
-
-    refs, manifest = resolve_lexical(cfg.lexical.path)  # resolved once: every task reads this version
-    rec.outputs["lexical_index"] = f"{cfg.lexical.path} (generation {manifest.generation})"
-    if tables.exists(cfg.names.chunks) and manifest.chunks_version != tables.version(cfg.names.chunks):
-        log.warning("lexical index %s was built from chunks table version %s, the table is at %s: "
-                    "rerun the ingest job", cfg.lexical.path, manifest.chunks_version, tables.version(cfg.names.chunks))
-    return ship_lexical(spark, refs) if ships_copies(spark, cfg.answer.chroma_access) else refs
 
 
 def _summarise(tables: "Tables", cfg: RagConfig, rec: RunRecorder) -> None:

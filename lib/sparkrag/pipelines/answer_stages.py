@@ -8,8 +8,7 @@ is retried row by row, and a row that still fails carries its ``error``.
 from __future__ import annotations
 
 import time
-import uuid
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from pyspark.sql.types import DoubleType, StructField, StructType
 
@@ -19,8 +18,8 @@ from sparkrag.schemas import ANSWERS_SCHEMA
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["stage1_schema", "stage2_schema", "make_retrieve_stage", "make_generate_stage",
-           "make_exact_index_fn", "query_text"]
+__all__ = ["stage1_schema", "stage2_schema", "make_retrieve_stage", "make_generate_stage", "query_text",
+           "base_row", "filter_row", "get_field", "seq"]
 
 
 def stage1_schema() -> StructType:
@@ -44,29 +43,22 @@ def query_text(question: str, history: Any) -> str:
     return "\n".join(lines + [f"user: {question}"])
 
 
-def _seq(values: Any) -> list:
+def seq(values: Any) -> list:
     """A list from a column value that pandas may hand over as None or a numpy array."""
     return [] if values is None else list(values)
 
 
-def _get(obj: Any, key: str) -> Any:
+def get_field(obj: Any, key: str) -> Any:
+    """A struct's field, whether pandas hands the struct over as a dict or a Row."""
     return obj[key] if isinstance(obj, dict) else getattr(obj, key)
 
 
-def make_exact_index_fn(chunks_broadcast: Any, space: str) -> Callable[[], Any]:
-    """An exact (brute-force) index over the broadcast chunks table, built once per worker."""
-    # A worker-side Broadcast has no id (only the driver's has _jbroadcast): key the cache
-    # with a token made here, on the driver, so each index build gets its own entry.
-    token = uuid.uuid4().hex
+_get = get_field
 
-    def load() -> Any:
-        from sparkrag.models import worker_cached
-        from sparkrag.index.exact import ExactIndex
 
-        return worker_cached(("sparkrag.exact_index", token, space),
-                             lambda: ExactIndex.from_chunks(chunks_broadcast.value, space))
-
-    return load
+def filter_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The row as the filters see it: the ``_f_<column>`` copies under their own names."""
+    return {k[3:] if k.startswith("_f_") else k: v for k, v in row.items()}
 
 
 def make_retrieve_stage(cfg: RagConfig, index_fn: Callable[[], Any], lexical_fn: Callable[[], Any] | None = None,
@@ -107,11 +99,11 @@ def _isolated(rows: list[dict], fn: Callable[[list[dict]], list[dict]]) -> list[
             try:
                 out.extend(fn([row]))
             except Exception as exc:
-                out.append({**_base(row), "error": f"{type(exc).__name__}: {exc}"[:2000]})
+                out.append({**base_row(row), "error": f"{type(exc).__name__}: {exc}"[:2000]})
         return out
 
 
-def _base(row: dict) -> dict:
+def base_row(row: dict) -> dict:
     return {"question_id": row["question_id"], "question": row["question"], "history": _history(row.get("history")),
             "contexts": None, "filters_json": None, "prompt": None, "prompt_tokens": None, "error": None,
             "retrieval_ms": None}
@@ -127,13 +119,13 @@ def _retrieve_rows(rows: list[dict], cfg: RagConfig, tools: dict[str, Any]) -> l
     from sparkrag.retrieval.search import retrieve_contexts
 
     start = time.perf_counter()
-    out = [_base(r) for r in rows]
+    out = [base_row(r) for r in rows]
     live = [i for i, r in enumerate(rows) if isinstance(r["question"], str) and r["question"].strip()]
     for i in set(range(len(rows))) - set(live):
         out[i]["error"] = "empty question"
     if live:
         texts = [query_text(rows[i]["question"], rows[i].get("history")) for i in live]
-        filter_rows = [{k[3:] if k.startswith("_f_") else k: v for k, v in rows[i].items()} for i in live]
+        filter_rows = [filter_row(rows[i]) for i in live]
         contexts, filters = retrieve_contexts(filter_rows, tools["encode"](texts), cfg=cfg.retrieval,
                                               index=tools["index"], lexical=tools["lexical"], query_texts=texts,
                                               space=cfg.chroma.space, queries=[rows[i]["question"] for i in live],
@@ -202,7 +194,7 @@ def _pack_rows(rows: list[dict], cfg: RagConfig, model: Any) -> None:
     for row in rows:
         if row["error"] is not None:
             continue
-        ctxs = _seq(row["contexts"])
+        ctxs = seq(row["contexts"])
         start = time.perf_counter()
         try:
             packed = pack_prompt(row["question"], _history(row["history"]), ctxs, model.tokenizer,
@@ -223,14 +215,14 @@ def _isolated_answers(rows: list[dict], model: Any, extractive: bool,
     results: list[tuple[Any, float]] = [(None, 0.0)] * len(rows)
     live = [i for i, r in enumerate(rows) if r["error"] is None]
     if abstain_without_context:  # nothing to answer from: the fixed sentence, no model call
-        for i in [i for i in live if not _seq(rows[i]["contexts"])]:
+        for i in [i for i in live if not seq(rows[i]["contexts"])]:
             results[i] = (Generation(ABSTAIN_TEXT, prompt_tokens=None, completion_tokens=0), 0.0)
-        live = [i for i in live if _seq(rows[i]["contexts"])]
+        live = [i for i in live if seq(rows[i]["contexts"])]
     if not live:
         return results
     start = time.perf_counter()
     if extractive:
-        inputs = [(rows[i]["question"], [c["text"] for c in _seq(rows[i]["contexts"])]) for i in live]
+        inputs = [(rows[i]["question"], [c["text"] for c in seq(rows[i]["contexts"])]) for i in live]
     else:
         inputs = [rows[i]["prompt"] for i in live]
     try:

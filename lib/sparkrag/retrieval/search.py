@@ -42,6 +42,8 @@ __all__ = [
     "find_candidates",
     "apply_post_filters",
     "filters_description",
+    "fuse_lists",
+    "finish_contexts",
     "retrieve_contexts",
 ]
 
@@ -94,6 +96,9 @@ def check_retrieval_config(cfg: RetrievalConfig) -> None:
     if cfg.mode not in ("dense", "lexical", "hybrid"):
         hint = " (ann/exact moved to retrieval.vector_search)" if cfg.mode in ("ann", "exact") else ""
         raise ConfigError(f"retrieval.mode: expected 'dense', 'lexical' or 'hybrid', got {cfg.mode!r}{hint}")
+    if cfg.shard_access not in ("auto", "replicated", "partitioned"):
+        raise ConfigError(f"retrieval.shard_access: expected 'auto', 'replicated' or 'partitioned', "
+                          f"got {cfg.shard_access!r}")
     check_fusion(cfg.fusion, cfg.rrf_k, cfg.weights)
     if cfg.doc_aggregation not in DOC_AGGREGATIONS:
         raise ConfigError(f"retrieval.doc_aggregation: expected one of {', '.join(DOC_AGGREGATIONS)}, "
@@ -254,8 +259,14 @@ def find_candidates(rows_wheres: Sequence[Mapping[str, Any] | None], rows_docs: 
         lists["lexical"], relevance["lexical"] = search_lexical(
             lexical, index, query_texts, query_embeddings, cfg=cfg, space=space, where_per_query=rows_wheres,
             where_document_per_query=rows_docs, known_vectors=known)
+    return fuse_lists(lists, relevance, len(rows_wheres), cfg)
+
+
+def fuse_lists(lists: Mapping[str, Sequence[Sequence[Candidate]]], relevance: Mapping[str, Sequence[Sequence[float]]],
+               n: int, cfg: RetrievalConfig) -> list[list[Candidate]]:
+    """Per query, the retrievers' lists (``dense``/``lexical``, with their relevance) fused and aggregated."""
     out = []
-    for i in range(len(rows_wheres)):
+    for i in range(n):
         by_id = {c.chunk_id: c for name in lists for c in lists[name][i]}
         fused = fuse_rankings({name: [(c.chunk_id, r) for c, r in zip(lists[name][i], relevance[name][i])]
                                for name in lists}, method=cfg.fusion, k=cfg.rrf_k, weights=cfg.weights)
@@ -392,6 +403,14 @@ def retrieve_contexts(rows: Sequence[Mapping[str, Any]], query_embeddings: Any, 
     docs = [build_where_document(cfg, r) for r in rows]
     cands = find_candidates(wheres, docs, query_embeddings, cfg=cfg, index=index, lexical=lexical,
                             query_texts=query_texts if query_texts is not None else queries, space=space)
+    return finish_contexts(cands, wheres, docs, cfg=cfg, queries=queries, rerank_fn=rerank_fn)
+
+
+def finish_contexts(cands: Sequence[Sequence[Candidate]], wheres: Sequence[Mapping[str, Any] | None],
+                    docs: Sequence[Mapping[str, Any] | None], *, cfg: RetrievalConfig,
+                    queries: Sequence[str] | None = None,
+                    rerank_fn: RerankFn | None = None) -> tuple[list[list[dict[str, Any]]], list[str]]:
+    """Post-query filters over fused candidates: ``CONTEXT_STRUCT`` rows and a ``filters_json`` per query."""
     kept, removed = apply_post_filters(cands, cfg, queries=queries, rerank_fn=rerank_fn)
     contexts = [[c.to_context() for c in cs] for cs in kept]
     lineage = [json.dumps({**filters_description(cfg, w, wd), "removed": r}, sort_keys=True, default=str)
