@@ -173,6 +173,8 @@ class LexicalRefs:
     text_len: int
     title_len: int | None
     archive: str | None = None
+    title_weight: float | None = None  # None: the index's own
+
 
     def _path(self, rel: str) -> str:
         if self.archive is None:
@@ -196,7 +198,8 @@ class LexicalRefs:
         def read() -> LexicalIndex:
             return LexicalIndex.load(self._path(self.dirs[shard])).with_stats(*self.stats())
 
-        return worker_cached(("sparkrag.lexical.shard", self.dirs[shard], self.archive), read)
+        index = worker_cached(("sparkrag.lexical.shard", self.dirs[shard], self.archive), read)
+        return index if self.title_weight is None else index.with_title_weight(self.title_weight)
 
     def open_all(self) -> ShardedLexical:
         """Every shard as one index (replicated access)."""

@@ -18,6 +18,7 @@ folders on disk) exceeds a quarter of an executor's memory, and logs the figures
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -74,9 +75,12 @@ def choose_access(spark: "SparkSession", wanted: str, shards: int, index_bytes: 
                           f"{_REPLICATED_SHARE:.0%} of {key}={memory / 2**20:.0f} MiB")
 
 
-def plan_retrieval(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: "RunRecorder",
-                   dim: int) -> "Retrieval":
-    """On the driver: resolve and check the indexes once; ``questions -> stage-1 rows`` (contexts, filters)."""
+def plan_retrieval(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: "RunRecorder", dim: int, *,
+                   title_weight: float | None = None) -> "Retrieval":
+    """On the driver: resolve and check the indexes once; ``questions -> stage-1 rows`` (contexts, filters).
+
+    ``title_weight`` overrides the lexical index's title field weight (the mode comparison's variants).
+    """
     from sparkrag.index.shards import make_index_fn, prepare_shard_refs
     from sparkrag.pipelines.answer_stages import make_retrieve_stage, stage1_schema
     from sparkrag.retrieval.search import check_retrieval_config
@@ -84,6 +88,8 @@ def plan_retrieval(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec:
     check_retrieval_config(cfg.retrieval)
     r = cfg.retrieval
     lexical = _lexical_refs(spark, tables, cfg, rec) if r.mode != "dense" else None
+    if lexical is not None and title_weight is not None:
+        lexical = dataclasses.replace(lexical, title_weight=title_weight)
     parallelism = max(spark.sparkContext.defaultParallelism, 1)
     if r.vector_search == "exact":
         shards = len(lexical.dirs) if lexical is not None else _exact_shards(tables, cfg, parallelism)

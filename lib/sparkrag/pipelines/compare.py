@@ -1,11 +1,11 @@
 """Retrieval modes side by side: recall@k and MRR of dense, lexical and hybrid on the same questions.
 
 The evaluation job's ``--compare-modes``: each question with a gold document id is
-retrieved once per mode (or named variant, :data:`VARIANTS`) through
-:func:`sparkrag.retrieval.search.retrieve_contexts`, the answer job's own code, with the configured
-filters and post-query filters (the re-ranker is left out: it would hide the retrievers'
-differences). Runs on the driver: a sample of a few
-thousand questions takes seconds per mode.
+retrieved once per mode (or named variant, :data:`VARIANTS`) by the answer job's own retrieval
+stage on the executors (:func:`sparkrag.pipelines.answer_retrieval.plan_retrieval`: replicated or
+partitioned, ANN or exact, with the configured filters and post-query filters; the re-ranker is
+left out: it would hide the retrievers' differences). The driver holds the questions and
+their ranks, never the index.
 
 Variants set one retrieval option each on top of the configured ones, so a run shows what
 each option of issue #16 buys: ``hybrid-rrf`` is reciprocal rank fusion (k=60, equal
@@ -33,8 +33,7 @@ from sparkrag.config import RagConfig
 from sparkrag.errors import ConfigError, SchemaError
 
 if TYPE_CHECKING:
-    import pandas as pd
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
     from sparkrag.delta import Tables
 
@@ -60,7 +59,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], float | None]] = {
 MODES = tuple(VARIANTS)
 
 
-def _questions(tables: "Tables", cfg: RagConfig, gold_column: str, sample: int, seed: int) -> "pd.DataFrame":
+def _questions(tables: "Tables", cfg: RagConfig, gold_column: str, sample: int, seed: int) -> "DataFrame":
+    """The questions with a gold document (a ``seed``-ed sample of ``sample``): question_id, question, _gold, filters."""
     from pyspark.sql import functions as F
 
     q, r = cfg.questions, cfg.retrieval
@@ -69,23 +69,16 @@ def _questions(tables: "Tables", cfg: RagConfig, gold_column: str, sample: int, 
     missing = [c for c in [q.question, gold_column, *extra] if c not in df.columns]
     if missing:
         raise SchemaError(f"compare modes: questions table {cfg.names.questions} lacks column(s) {missing}")
-    pdf = (df.where(F.col(f"`{gold_column}`").isNotNull() & (F.trim(F.col(f"`{q.question}`")) != ""))
-           .select(F.col(f"`{q.question}`").alias("_question"), F.col(f"`{gold_column}`").cast("string").alias("_gold"),
-                   *[F.col(f"`{c}`") for c in extra]).toPandas())
-    if sample and len(pdf) > sample:
-        pdf = pdf.sample(n=sample, random_state=seed)
-    return pdf.reset_index(drop=True)
-
-
-def _dense_index(spark: "SparkSession", tables: "Tables", cfg: RagConfig, dim: int) -> Any:
-    if cfg.retrieval.vector_search == "exact":
-        from sparkrag.index.sync import chroma_rows
-        from sparkrag.index.exact import ExactIndex
-
-        return ExactIndex.from_chunks(chroma_rows(tables.read(cfg.names.chunks)).toPandas(), cfg.chroma.space)
-    from sparkrag.index.shards import make_index_fn, resolve_shards
-
-    return make_index_fn(cfg.chroma, resolve_shards(cfg.chroma, spark), embedding_model=cfg.encoder.model, dim=dim)()
+    df = (df.where(F.col(f"`{gold_column}`").isNotNull() & (F.trim(F.col(f"`{q.question}`")) != ""))
+          .select(F.monotonically_increasing_id().alias("_n"), F.col(f"`{q.question}`").alias("question"),
+                  F.col(f"`{gold_column}`").cast("string").alias("_gold"),
+                  *[F.col(f"`{c}`").alias(f"_f_{c}") for c in extra]).cache())
+    ids = df.select("_n").toPandas()["_n"]  # one number per question
+    if sample and len(ids) > sample:
+        df = df.where(F.col("_n").isin(ids.sample(n=sample, random_state=seed).tolist()))
+    history = F.lit(None).cast("array<struct<role:string,content:string>>")
+    return df.select(F.col("_n").cast("string").alias("question_id"), "question", history.alias("history"), "_gold",
+                     *[c for c in df.columns if c.startswith("_f_")])
 
 
 def compare_retrieval_modes(spark: "SparkSession", cfg: RagConfig, *, modes: Sequence[str] = MODES,
@@ -100,16 +93,19 @@ def compare_retrieval_modes(spark: "SparkSession", cfg: RagConfig, *, modes: Seq
         sample: questions drawn at random (``seed``); 0: all of them.
 
     Returns:
-        mode -> ``{"recall@k"..., "mrr", "queries_per_s", "queries"}``.
+        mode -> ``{"recall@k"..., "mrr", "queries_per_s", "queries"}`` (queries/s of the whole
+        Spark retrieval stage: encoding the questions included).
 
     Raises:
         ConfigError: an unknown mode or a bad k. SchemaError: a column is missing.
         VectorStoreError: the vector or lexical index is missing.
     """
-    from sparkrag.embed import check_vectors, encoder_info, make_encode_fn
-    from sparkrag.index.lexical_shards import load_published
-    from sparkrag.retrieval.search import retrieve_contexts
+    from pyspark.sql import functions as F
+
     from sparkrag.delta import open_tables
+    from sparkrag.embed import encoder_info
+    from sparkrag.pipelines.answer_retrieval import plan_retrieval
+    from sparkrag.pipelines.runs import RunRecorder
 
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
@@ -117,34 +113,33 @@ def compare_retrieval_modes(spark: "SparkSession", cfg: RagConfig, *, modes: Seq
     if not ks or min(ks) < 1:
         raise ConfigError(f"ks: expected positive integers, got {list(ks)}")
     tables = tables or open_tables(spark, cfg.tables)
-    pdf = _questions(tables, cfg, gold_column, sample, seed)
-    if not len(pdf):
+    questions = _questions(tables, cfg, gold_column, sample, seed).cache()
+    n = questions.count()
+    if not n:
         return {}
-    model_id, dim = encoder_info(cfg.encoder, "query")
-    texts = pdf["_question"].astype(str).tolist()
-    vectors = check_vectors(make_encode_fn(cfg.encoder, role="query")()(texts), rows=len(texts), dim=dim,
-                            model=model_id)
-    index = _dense_index(spark, tables, cfg, dim)
-    needs_lexical = any(VARIANTS[m][0] != "dense" for m in modes)
-    lexical = load_published(cfg.lexical.path) if needs_lexical else None
-    extra = [c for c in pdf.columns if c not in ("_question", "_gold")]
-    rows = [{c: pdf.at[i, c] for c in extra} for i in range(len(pdf))]  # to_dict("records") of 0 columns is []
+    _, dim = encoder_info(cfg.encoder, "query")
     top = max(ks)
     out: dict[str, dict[str, float]] = {}
     for mode in modes:
         base, options, title_weight = VARIANTS[mode]
-        retrieval = dataclasses.replace(cfg.retrieval, **{**options, "mode": base, "top_k": top, "rerank_model": None,
-                                                          "fetch_k": max(cfg.retrieval.fetch_k, top)})
-        lexical_view = lexical if lexical is None or title_weight is None else lexical.with_title_weight(title_weight)
+        variant = dataclasses.replace(cfg, retrieval=dataclasses.replace(
+            cfg.retrieval, **{**options, "mode": base, "top_k": top, "rerank_model": None,
+                              "fetch_k": max(cfg.retrieval.fetch_k, top)}))
+        rec = RunRecorder("evaluate", variant, f"compare-{mode}")
+        rec.counts["questions"] = n
         start = time.perf_counter()
-        contexts, _ = retrieve_contexts(rows, vectors, cfg=retrieval, index=index, lexical=lexical_view,
-                                        query_texts=texts, space=cfg.chroma.space)
+        retrieval = plan_retrieval(spark, tables, variant, rec, dim, title_weight=title_weight)
+        try:
+            rows = (retrieval(questions.drop("_gold")).join(questions.select("question_id", "_gold"), "question_id")
+                    .select("_gold", F.col("contexts.doc_id").alias("docs")).collect())  # one row per question
+        finally:
+            retrieval.close()
         seconds = time.perf_counter() - start
-        ranks = np.array([next((c["rank"] for c in cs if c["doc_id"] == gold), 0)
-                          for cs, gold in zip(contexts, pdf["_gold"])])
+        ranks = np.array([next((k + 1 for k, d in enumerate(r["docs"] or []) if d == r["_gold"]), 0) for r in rows])
         found = ranks > 0
         out[mode] = {**{f"recall@{k}": float(np.mean(found & (ranks <= k))) for k in ks},
                      "mrr": float(np.mean(np.where(found, 1.0 / np.maximum(ranks, 1), 0.0))),
-                     "queries_per_s": len(texts) / max(seconds, 1e-9), "queries": len(texts)}
-        log.info("retrieval mode %s over %d questions: %s", mode, len(texts), out[mode])
+                     "queries_per_s": n / max(seconds, 1e-9), "queries": n}
+        log.info("retrieval mode %s over %d questions (%s): %s", mode, n, rec.outputs.get("shard_access"), out[mode])
+    questions.unpersist()
     return out
