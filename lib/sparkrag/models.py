@@ -88,6 +88,33 @@ def worker_cached(key: Hashable, factory: Callable[[], T]) -> T:
         return _CACHE.setdefault(key, value)
 
 
+_SLOTS: dict[str, tuple[Hashable, Any, Callable[[Any], None] | None]] = {}
+
+
+def worker_slot(slot: str, key: Hashable, factory: Callable[[], T], close: Callable[[T], None] | None = None) -> T:
+    """Like :func:`worker_cached`, but ``slot`` holds one value per Python worker: another key replaces it.
+
+    The value held before is closed (``close``) and dropped first, so a worker that moves
+    from one index shard to the next holds one shard, not every shard it ever touched.
+    """
+    import gc
+
+    with _CACHE_LOCK:
+        held = _SLOTS.get(slot)
+        if held is not None and held[0] == key:
+            return held[1]
+        _SLOTS.pop(slot, None)
+    if held is not None:
+        if held[2] is not None:
+            held[2](held[1])
+        del held
+        gc.collect()
+    value = factory()
+    with _CACHE_LOCK:
+        _SLOTS[slot] = (key, value, close)
+    return value
+
+
 def _read_json(model_path: str, filename: str) -> dict[str, Any] | None:
     from pathlib import Path
 

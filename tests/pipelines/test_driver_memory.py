@@ -1,7 +1,7 @@
 """Nothing corpus-sized reaches the driver (issue #13): the jobs pass with ``spark.driver.maxResultSize=1m``.
 
 The corpus (all 250 sample paragraphs in 32-token chunks, with their 384-float vectors)
-is several MB, more than the limit: a control process that collects the chunks table under
+is ~3 MB, three times the limit: a control process that collects the chunks table under
 the same limit fails with Spark's maxResultSize error. Ingest, answer (hybrid, replicated and
 partitioned; exact) and the evaluation's mode comparison then run as job processes under
 that limit and must succeed. Real Spark (local[2]), Delta, Chroma (2 shards), BM25, MiniLM.
@@ -81,7 +81,7 @@ def test_the_corpus_does_not_fit_under_the_limit(small_driver):
     control = subprocess.run([sys.executable, "-c", CONTROL, str(config)], cwd=root, env=env, capture_output=True,
                              text=True, timeout=600)
     size = int(next(line.split()[1] for line in control.stdout.splitlines() if line.startswith("corpus-bytes")))
-    assert size > 3 * 2**20  # several times the limit
+    assert size > 2 * 2**20  # more than twice the limit
     assert control.returncode != 0 and "collected" not in control.stdout
     assert "maxResultSize" in control.stderr
 

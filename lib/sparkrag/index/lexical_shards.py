@@ -201,6 +201,16 @@ class LexicalRefs:
         index = worker_cached(("sparkrag.lexical.shard", self.dirs[shard], self.archive), read)
         return index if self.title_weight is None else index.with_title_weight(self.title_weight)
 
+    def open_shard_alone(self, shard: int) -> LexicalIndex:
+        """Shard ``shard``, replacing the shard this worker held before (partitioned access)."""
+        from sparkrag.models import worker_slot
+
+        def read() -> LexicalIndex:
+            return LexicalIndex.load(self._path(self.dirs[shard])).with_stats(*self.stats())
+
+        index = worker_slot("sparkrag.partitioned.lexical", (self.dirs[shard], self.archive), read)
+        return index if self.title_weight is None else index.with_title_weight(self.title_weight)
+
     def open_all(self) -> ShardedLexical:
         """Every shard as one index (replicated access)."""
         return ShardedLexical([self.open_shard(i) for i in range(len(self.dirs))], *self.stats())

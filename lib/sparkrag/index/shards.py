@@ -55,6 +55,7 @@ __all__ = [
     "open_index",
     "prepare_index_fn",
     "prepare_shard_refs",
+    "open_shard_alone",
     "make_index_fn",
     "snapshot_for_executors",
     "open_snapshot_collection",
@@ -346,6 +347,13 @@ def open_snapshot_collection(name: str, collection_name: str) -> "Collection":
 def _open_snapshot(name: str, collection_name: str) -> "Collection":
     import atexit
 
+    client, local = _snapshot_client(name)
+    atexit.register(shutil.rmtree, local, True)
+    return client.get_collection(collection_name, embedding_function=None)
+
+
+def _snapshot_client(name: str) -> tuple[Any, str]:
+    """A client on a private, writable copy of snapshot ``name``, and that copy's folder."""
     import chromadb
     from pyspark import SparkFiles
 
@@ -354,14 +362,41 @@ def _open_snapshot(name: str, collection_name: str) -> "Collection":
         raise VectorStoreError(f"Chroma snapshot {name!r} not found at {src}; "
                                "call snapshot_for_executors in this Spark application first")
     local = tempfile.mkdtemp(prefix="sparkrag-chroma-")
-    atexit.register(shutil.rmtree, local, True)
     if os.path.isdir(src):
         shutil.copytree(src, local, dirs_exist_ok=True)
     else:  # shipped with addFile: still an archive
         with tarfile.open(src) as tar:
             tar.extractall(local, filter="data")
-    client = chromadb.PersistentClient(path=local, settings=_settings())
-    return client.get_collection(collection_name, embedding_function=None)
+    return chromadb.PersistentClient(path=local, settings=_settings()), local
+
+
+def open_shard_alone(cfg: ChromaConfig, ref: ShardRef, *, embedding_model: str, dim: int) -> "Collection":
+    """On a worker: shard ``ref``'s collection, closing the shard this worker held before (partitioned access).
+
+    The worker keeps one shard open at a time (:func:`~sparkrag.models.worker_slot`): its
+    memory holds the shard its current task searches, not every shard it ever touched.
+    """
+    from sparkrag.models import worker_slot
+
+    def open_() -> tuple[Any, Any, str | None]:
+        local = None
+        if ref.snapshot is not None:
+            client, local = _snapshot_client(ref.snapshot)
+        elif ref.path is not None:
+            client = persistent_client(ref.path)
+        else:
+            client = open_client(_named(cfg, ref.collection))
+        collection = client.get_collection(ref.collection, embedding_function=None)
+        check_collection(collection, cfg, embedding_model, dim)
+        return client, collection, local
+
+    def close(held: tuple[Any, Any, str | None]) -> None:
+        if cfg.mode == "embedded":
+            held[0].close()  # stops the shard's Chroma system: its HNSW index and SQLite go
+        if held[2] is not None:
+            shutil.rmtree(held[2], ignore_errors=True)
+
+    return worker_slot("sparkrag.partitioned.chroma", (ref, cfg.mode, cfg.host, cfg.port), open_, close)[1]
 
 
 def make_collection_fn(cfg: ChromaConfig, *, snapshot: str | None = None, embedding_model: str | None = None,

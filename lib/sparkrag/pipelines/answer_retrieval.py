@@ -96,7 +96,7 @@ def plan_retrieval(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec:
         rec.outputs["shard_access"] = "partitioned (exact search)"
         log.info("retrieval: exact search, partitioned over %d shard(s) of %s (no broadcast)", shards,
                  cfg.names.chunks)
-        return _partitioned(spark, tables, cfg, rec, shards, None, lexical)
+        return _partitioned(spark, tables, cfg, rec, shards, None, lexical, dim)
     refs = prepare_shard_refs(spark, cfg.chroma, embedding_model=cfg.encoder.model, dim=dim,
                               access=cfg.answer.chroma_access)
     if lexical is not None and len(lexical.dirs) != len(refs):
@@ -110,8 +110,7 @@ def plan_retrieval(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec:
         retrieve = make_retrieve_stage(cfg, make_index_fn(cfg.chroma, refs, embedding_model=cfg.encoder.model,
                                                           dim=dim), lexical)
         return Retrieval(lambda questions: questions.repartition(parallelism).mapInPandas(retrieve, stage1_schema()))
-    dense = tuple(make_index_fn(cfg.chroma, (ref,), embedding_model=cfg.encoder.model, dim=dim) for ref in refs)
-    return _partitioned(spark, tables, cfg, rec, len(refs), dense, lexical)
+    return _partitioned(spark, tables, cfg, rec, len(refs), refs, lexical, dim)
 
 
 def _exact_shards(tables: "Tables", cfg: RagConfig, parallelism: int) -> int:
@@ -137,7 +136,7 @@ def _lexical_refs(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: 
 # ---- partitioned: embed, scatter to shards, gather per question ----
 
 def _partitioned(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: "RunRecorder", shards: int,
-                 dense: tuple[Callable[[], Any], ...] | None, lexical: Any) -> "Retrieval":
+                 dense: tuple[Any, ...] | None, lexical: Any, dim: int) -> "Retrieval":
     from pyspark.sql import functions as F
     from pyspark.sql.types import ArrayType, DoubleType, FloatType, StringType, StructField, StructType
 
@@ -164,14 +163,14 @@ def _partitioned(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: "
                  .withColumn("_bucket", F.abs(F.hash("question_id")) % F.lit(buckets))
                  .crossJoin(F.broadcast(spark.range(shards).select(F.col("id").cast("int").alias("_shard")))))
         if dense is not None:
-            search = _shard_stage(cfg, dense, lexical)
+            search = _shard_stage(cfg, dense, lexical, dim)
             found = pairs.groupBy("_shard", "_bucket").applyInPandas(lambda pdf: search(pdf, None), CANDIDATE_SCHEMA)
         else:
             from sparkrag.index.sync import chroma_rows
 
             chunks = (chroma_rows(tables.read(cfg.names.chunks)).withColumn("_shard", shard_column("doc_id", shards))
                       .withColumn("_bucket", F.explode(F.sequence(F.lit(0), F.lit(buckets - 1)))))
-            search = _shard_stage(cfg, None, lexical)
+            search = _shard_stage(cfg, None, lexical, dim)
             found = (pairs.groupBy("_shard", "_bucket").cogroup(chunks.groupBy("_shard", "_bucket"))
                      .applyInPandas(search, CANDIDATE_SCHEMA))
         gathered = found.groupBy("question_id").agg(
@@ -234,9 +233,13 @@ def _embed_stage(cfg: RagConfig) -> Callable[[Iterator["pd.DataFrame"]], Iterato
     return embed
 
 
-def _shard_stage(cfg: RagConfig, dense: tuple[Callable[[], Any], ...] | None,
-                 lexical: Any) -> Callable[["pd.DataFrame", "pd.DataFrame | None"], "pd.DataFrame"]:
-    """applyInPandas/cogroup: one shard's candidate rows for a group of questions (and, exact, its chunks)."""
+def _shard_stage(cfg: RagConfig, dense: tuple[Any, ...] | None, lexical: Any,
+                 dim: int) -> Callable[["pd.DataFrame", "pd.DataFrame | None"], "pd.DataFrame"]:
+    """applyInPandas/cogroup: one shard's candidate rows for a group of questions (and, exact, its chunks).
+
+    ``dense``: the Chroma shards' refs (None: exact search over the cogrouped chunks). A worker
+    holds one Chroma and one BM25 shard at a time.
+    """
     import numpy as np
 
     from sparkrag.pipelines.answer_stages import filter_row
@@ -255,7 +258,9 @@ def _shard_stage(cfg: RagConfig, dense: tuple[Callable[[], Any], ...] | None,
         out: list[dict[str, Any]] = []
         try:
             if dense is not None:
-                index = dense[shard]()
+                from sparkrag.index.shards import open_shard_alone
+
+                index = open_shard_alone(cfg.chroma, dense[shard], embedding_model=cfg.encoder.model, dim=dim)
             elif len(chunks):
                 from sparkrag.index.exact import ExactIndex
 
@@ -263,8 +268,8 @@ def _shard_stage(cfg: RagConfig, dense: tuple[Callable[[], Any], ...] | None,
             else:  # a shard without chunks: nothing to find, in the queries' dimension
                 from sparkrag.index.exact import ExactIndex
 
-                index = ExactIndex([], np.zeros((0, len(rows[0]["query_vec"])), np.float32), [], [], space)
-            shard_lexical = lexical.open_shard(shard) if lexical is not None else None
+                index = ExactIndex([], np.zeros((0, dim), np.float32), [], [], space)
+            shard_lexical = lexical.open_shard_alone(shard) if lexical is not None else None
         except Exception as exc:
             return pd.DataFrame([marker(row["question_id"], shard, f"{type(exc).__name__}: {exc}"[:2000])
                                  for row in rows], columns=CANDIDATE_COLUMNS)
