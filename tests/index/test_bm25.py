@@ -105,3 +105,24 @@ def test_field_stats_and_empty_postings():
     assert (stats.n_docs, stats.total_len, stats.df("b"), stats.df("zz")) == (3, 4, 2, 0)
     bigger = FieldStats(30, 40, {"a": 1, "b": 2}.get, key="corpus")  # b is rare in the corpus: scores rise
     assert p.scores(["b"], bigger, k1=1.5, b=0.75)[2] > p.scores(["b"], stats, k1=1.5, b=0.75)[2]
+
+
+def test_an_updated_index_equals_one_built_from_scratch(corpus):
+    docs, questions = corpus
+    cfg = LexicalConfig()
+    metas = [{"doc_id": d["doc_id"], "title": d["title"]} for d in docs]
+    old = LexicalIndex.build([d["doc_id"] for d in docs[:150]], [d["text"] for d in docs[:150]], metas[:150], cfg)
+    keep = [i % 7 != 3 for i in range(150)]  # some chunks deleted or changed ...
+    new = list(range(150, 200))  # ... and new ones added
+    updated = old.updated(keep, [docs[i]["doc_id"] for i in new], [docs[i]["text"] for i in new],
+                          [metas[i] for i in new])
+    order = [i for i in range(150) if keep[i]] + new
+    fresh = LexicalIndex.build([docs[i]["doc_id"] for i in order], [docs[i]["text"] for i in order],
+                               [metas[i] for i in order], cfg)
+    assert updated.ids == fresh.ids and updated.metadatas == fresh.metadatas
+    for field in ("text", "title"):
+        a, b = getattr(updated, field), getattr(fresh, field)
+        assert sorted(a.terms) == sorted(b.terms) and np.array_equal(a.lengths, b.lengths)
+        assert dict(zip(a.terms, a.doc_frequencies().tolist())) == dict(zip(b.terms, b.doc_frequencies().tolist()))
+    assert updated.query(questions, n_results=20) == fresh.query(questions, n_results=20)
+    assert len(old.updated([False] * 150, [], [], [])) == 0

@@ -125,6 +125,48 @@ class Postings:
                 out[self.docs[lo:hi]] += self._contribution(term_id, token, stats, k1, b)
         return out
 
+    # ---- incremental change: keep some documents, append others ----
+
+    def triples(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """(terms, term id, document, tf) of every posting."""
+        term_of = np.repeat(np.arange(len(self.terms), dtype=np.int64), np.diff(self.indptr))
+        return self.terms, term_of, self.docs.astype(np.int64), self.tf
+
+    @classmethod
+    def merge(cls, parts: Sequence[tuple["Postings", np.ndarray]]) -> "Postings":
+        """The documents ``keep`` (a boolean mask) of each part, in part order: one set of postings.
+
+        What an incremental rebuild uses: the kept documents' postings are reused as they are,
+        only new documents are tokenized.
+        """
+        vocab: dict[str, int] = {}
+        term_ids, docs, tfs, lengths = [], [], [], []
+        offset = 0
+        for postings, keep in parts:
+            keep = np.asarray(keep, dtype=bool)
+            new_index = np.cumsum(keep) - 1 + offset  # old document -> its position in the merge
+            terms, term_of, doc_of, tf = postings.triples()
+            local = np.fromiter((vocab.setdefault(t, len(vocab)) for t in terms), dtype=np.int64, count=len(terms))
+            kept = keep[doc_of] if len(doc_of) else np.zeros(0, dtype=bool)
+            term_ids.append(local[term_of[kept]])
+            docs.append(new_index[doc_of[kept]])
+            tfs.append(tf[kept])
+            lengths.append(postings.lengths[keep])
+            offset += int(keep.sum())
+        term_of = np.concatenate(term_ids) if term_ids else np.zeros(0, dtype=np.int64)
+        doc_of = np.concatenate(docs) if docs else np.zeros(0, dtype=np.int64)
+        tf = np.concatenate(tfs) if tfs else np.zeros(0, dtype=np.float32)
+        used = np.unique(term_of)
+        remap = np.full(len(vocab), -1, dtype=np.int64)
+        remap[used] = np.arange(len(used))
+        order = np.lexsort((doc_of, remap[term_of])) if len(term_of) else np.zeros(0, dtype=np.int64)
+        names = np.empty(len(vocab), dtype=object)
+        for token, i in vocab.items():
+            names[i] = token
+        counts = np.bincount(remap[term_of], minlength=len(used)) if len(used) else np.zeros(0, dtype=np.int64)
+        return cls(names[used].tolist(), np.concatenate([[0], np.cumsum(counts)]), doc_of[order], tf[order],
+                   np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64))
+
     # ---- storage: one .npz and the terms beside it ----
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:

@@ -121,6 +121,22 @@ class LexicalIndex:
             title = _postings([str((m or {}).get("title") or "") for m in metadatas], settings)
         return cls(ids, documents, metadatas, text, settings, title)
 
+    def updated(self, keep: Sequence[bool], ids: Sequence[str], documents: Sequence[str],
+                metadatas: Sequence[Mapping[str, Any]]) -> "LexicalIndex":
+        """This index with only the chunks ``keep`` marks, plus new ones: only the new ones are tokenized.
+
+        Equal to :meth:`build` over the same chunks in the same order (same postings, same scores).
+        """
+        keep = np.asarray(keep, dtype=bool)
+        added = LexicalIndex.build(ids, documents, metadatas, _config_of(self.settings))
+        text = Postings.merge([(self.text, keep), (added.text, np.ones(len(added), dtype=bool))])
+        title = None
+        if self.title is not None and added.title is not None:
+            title = Postings.merge([(self.title, keep), (added.title, np.ones(len(added), dtype=bool))])
+        kept = np.flatnonzero(keep)
+        return LexicalIndex([self.ids[i] for i in kept] + added.ids, [self.documents[i] for i in kept] + added.documents,
+                            [self.metadatas[i] for i in kept] + added.metadatas, text, self.settings, title)
+
     def with_title_weight(self, weight: float) -> "LexicalIndex":
         """The same index scoring titles with ``weight`` (0: text only); arrays are shared, not copied.
 
@@ -248,6 +264,12 @@ def settings_of(cfg: LexicalConfig) -> dict[str, Any]:
     """What an index is built with: equal settings, interchangeable indexes."""
     return {"k1": cfg.k1, "b": cfg.b, "stopwords": cfg.stopwords, "stemmer": cfg.stemmer,
             "fold_accents": cfg.fold_accents, "title_weight": cfg.title_weight, "format": _FORMAT}
+
+
+def _config_of(settings: Mapping[str, Any]) -> LexicalConfig:
+    return LexicalConfig(k1=settings["k1"], b=settings["b"], stopwords=settings["stopwords"],
+                         stemmer=settings["stemmer"], fold_accents=settings["fold_accents"],
+                         title_weight=settings["title_weight"])
 
 
 def _postings(texts: Sequence[str], settings: Mapping[str, Any]) -> Postings:

@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 NAME = "bm25"  # bm25.manifest.json, bm25.shards/
 _TERMS_SCHEMA = "field string, term string, df long"
-_RESULT_SCHEMA = "shard int, target string, fingerprint string, total long, text_len long, title_len long"
+_RESULT_SCHEMA = ("shard int, target string, fingerprint string, total long, added long, text_len long, "
+                  "title_len long")
 
 
 @dataclass(frozen=True)
@@ -261,39 +262,52 @@ def ship_lexical(spark: "SparkSession", refs: LexicalRefs) -> LexicalRefs:
 
 # ---- building: one Spark task per changed shard ----
 
-def _build_shard(shard: int, target: str, root: str, cfg: LexicalConfig,
+def _build_shard(shard: int, target: str, base: str | None, root: str, cfg: LexicalConfig,
                  batches: Iterator["pd.DataFrame"]) -> dict[str, Any]:
-    from sparkrag.index.vectorstore import to_chroma_metadata
+    """Shard ``shard`` from its rows: the published ``base`` version's unchanged chunks are kept as
+    they are (their postings reused), only new or changed chunks are tokenized."""
+    from sparkrag.index.vectorstore import DOC_HASH_KEY, to_chroma_metadata
 
+    store = LexicalStore(root)
+    old = LexicalIndex.load(store.full_path(base)) if base is not None else None
+    held = {cid: m.get(DOC_HASH_KEY) for cid, m in zip(old.ids, old.metadatas)} if old is not None else {}
     ids, texts, metas, pairs = [], [], [], {}
     for pdf in batches:
         for cid, text, doc, idx, title, meta, doc_hash in zip(
                 pdf["chunk_id"], pdf["text"], pdf["doc_id"], pdf["chunk_index"], pdf["title"], pdf["metadata"],
                 pdf["doc_hash"]):
-            ids.append(str(cid))
+            cid, doc_hash = str(cid), None if doc_hash is None else str(doc_hash)
+            if cid in pairs:  # a repeated chunk is indexed once
+                continue
+            pairs[cid] = doc_hash
+            if cid in held and held[cid] == doc_hash:
+                continue
+            ids.append(cid)
             texts.append(text or "")
             metas.append(to_chroma_metadata(doc, None if idx is None else int(idx), title if isinstance(title, str)
                                             else None, dict(meta) if meta is not None else None))
-            pairs[str(cid)] = None if doc_hash is None else str(doc_hash)
-    index = LexicalIndex.build(ids, texts, metas, cfg)
+    if old is None:
+        index = LexicalIndex.build(ids, texts, metas, cfg)
+    else:
+        index = old.updated([pairs.get(cid, "\0gone") == held[cid] for cid in old.ids], ids, texts, metas)
     staging = tempfile.mkdtemp(prefix=f"sparkrag-lexical{shard:03d}-")
     final = f"{target}-{uuid.uuid4().hex[:4]}"  # a retried attempt must not collide with an earlier one
     try:
         index.save(staging)
-        LexicalStore(root).put(staging, final)
+        store.put(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {"shard": shard, "target": final, "fingerprint": shard_fingerprint(pairs), "total": len(ids),
-            "text_len": int(index.text.lengths.sum()),
+    return {"shard": shard, "target": final, "fingerprint": shard_fingerprint(pairs), "total": len(index),
+            "added": len(ids), "text_len": int(index.text.lengths.sum()),
             "title_len": int(index.title.lengths.sum()) if index.title is not None else 0}
 
 
 def _build_tasks(spark: "SparkSession", keyed: "DataFrame | None", shards: list[int], targets: dict[int, str],
-                 root: str, cfg: LexicalConfig) -> list[dict[str, Any]]:
+                 bases: dict[int, str], root: str, cfg: LexicalConfig) -> list[dict[str, Any]]:
     from sparkrag.index.sync import chroma_rows, run_per_shard
 
     def build(shard: int, batches: Iterator["pd.DataFrame"]) -> dict[str, Any]:
-        return _build_shard(shard, targets[shard], root, cfg, batches)
+        return _build_shard(shard, targets[shard], bases.get(shard), root, cfg, batches)
 
     rows = None
     if keyed is not None:
@@ -341,13 +355,14 @@ def sync_lexical_index(chunks: "DataFrame | None", cfg: LexicalConfig, *, chunks
     reuse = current is not None and not full_refresh and current.settings == settings and current.shards == n
     if reuse and current.chunks_version == chunks_version:
         log.info("lexical index %s is current (chunks table version %s)", cfg.path, chunks_version)
-        return {"chunks": sum(current.counts), "shards": n, "shards_rebuilt": 0, "rebuilt": 0}
+        return {"chunks": sum(current.counts), "shards": n, "shards_rebuilt": 0, "tokenized": 0, "rebuilt": 0}
     keyed = chunks.withColumn("_shard", shard_column("doc_id", n)) if chunks is not None else None
     fingerprints, counts = shard_summaries(keyed, n)
     changed = [i for i in range(n) if not reuse or current.fingerprints[i] != fingerprints[i]]
     generation = (current.generation if current else 0) + 1
     targets = {i: store.new_dir(i, generation) for i in changed}
-    results = {r["shard"]: r for r in _build_tasks(spark, keyed, changed, targets, store.root, cfg)}
+    bases = {i: current.dirs[i] for i in changed} if reuse else {}  # unchanged chunks keep their postings
+    results = {r["shard"]: r for r in _build_tasks(spark, keyed, changed, targets, bases, store.root, cfg)}
     for i, r in results.items():
         if r["fingerprint"] != fingerprints[i]:
             raise VectorStoreError(f"lexical shard {i}: built {r['total']} chunks that differ from the chunks "
@@ -365,9 +380,10 @@ def sync_lexical_index(chunks: "DataFrame | None", cfg: LexicalConfig, *, chunks
         text_lens=tuple(int(keep[i][1]) for i in range(n)), title_lens=tuple(int(keep[i][2]) for i in range(n)),
         stats_dir=stats_dir, previous_stats=current.stats_dir if current else ""))
     _drop_format2(cfg.path)
-    log.info("lexical index %s: %d chunks in %d shard(s), rebuilt %s", cfg.path, sum(counts), n,
-             changed if len(changed) < n else "all")
-    return {"chunks": sum(counts), "shards": n, "shards_rebuilt": len(changed), "rebuilt": 1}
+    added = sum(int(r["added"]) for r in results.values())
+    log.info("lexical index %s: %d chunks in %d shard(s), rebuilt %s (%d chunks tokenized)", cfg.path, sum(counts), n,
+             changed if len(changed) < n else "all", added)
+    return {"chunks": sum(counts), "shards": n, "shards_rebuilt": len(changed), "tokenized": added, "rebuilt": 1}
 
 
 def _drop_format2(path: str) -> None:
