@@ -175,7 +175,9 @@ def _partitioned(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: "
                      .applyInPandas(search, CANDIDATE_SCHEMA))
         gathered = found.groupBy("question_id").agg(
             F.collect_list(F.struct(*[F.col(c) for c in CANDIDATE_COLUMNS])).alias("_cands"))
-        return embedded.join(gathered, "question_id", "left").mapInPandas(gather, stage1_schema())
+        # A shuffle join: a broadcast would collect the questions' vectors or candidates on the driver.
+        joined = embedded.hint("merge").join(gathered.hint("merge"), "question_id", "left")
+        return joined.mapInPandas(gather, stage1_schema())
 
     return Retrieval(produce, cached)
 
