@@ -1,9 +1,10 @@
 """Queries/s of hybrid retrieval before and after issue #16, interleaved in one process.
 
 Opens a workdir that ``squad_eval.py --workdir DIR`` ingested (Chroma + the lexical index).
-The lexical folder keeps its last two versions: run squad_eval once with the new lexical
-settings and once with the old ones (``--reuse --set lexical.stemmer= --set
-lexical.fold_accents=false --set lexical.title_weight=0``) and both are there. Each round
+"after" is the published lexical index (the #16 settings); "before" is an index of the same
+chunks built here with the settings before #16 (no stemming, no accent folding, no title
+field; the published index has been sharded since #13, so the old version is no longer
+kept beside it). Each round
 times ``retrieve_contexts`` (the answer job's code) over the same encoded questions for
 "before" (RRF k=60 over the old index) and "after" (the defaults over the new index),
 alternating, so machine load hits both alike; prints each round and the median ratio.
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import statistics
 import sys
 import time
@@ -48,12 +48,13 @@ def main(argv=None) -> dict:
     model_id, dim = encoder_info(cfg.encoder, "query")
     vectors = make_encode_fn(cfg.encoder, role="query")()(texts)
     index = make_index_fn(cfg.chroma, resolve_shards(cfg.chroma), embedding_model=cfg.encoder.model, dim=dim)()
-    versions = {}
-    for name in sorted(d for d in os.listdir(cfg.lexical.path) if d.startswith("v-")):
-        lexical = LexicalIndex.load(os.path.join(cfg.lexical.path, name))
-        versions["after" if lexical.settings.get("stemmer") else "before"] = lexical
-    if set(versions) != {"before", "after"}:
-        raise SystemExit(f"{cfg.lexical.path}: expected an old- and a new-settings version, got {sorted(versions)}")
+    from sparkrag.config import LexicalConfig
+    from sparkrag.index.lexical_shards import load_published
+
+    published = load_published(cfg.lexical.path)
+    old = LexicalConfig(stemmer="", fold_accents=False, title_weight=0.0)
+    versions = {"after": published,
+                "before": LexicalIndex.build(published.ids, published.documents, published.metadatas, old)}
     hybrid = dataclasses.replace(cfg.retrieval, mode="hybrid", fetch_k=max(cfg.retrieval.fetch_k, args.top_k))
     setups = {"before": (dataclasses.replace(hybrid, fusion="rrf", rrf_k=60, weights={"dense": 1.0, "lexical": 1.0}),
                          versions["before"]),

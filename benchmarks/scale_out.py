@@ -15,12 +15,13 @@ Per size, in a fresh process (its own Spark session), with ``chroma.shards`` = s
 ``--chunks-per-shard`` (at least 2):
 
 1. ``ingest``: the full build (Chroma load + BM25), wall time;
-2. ``raw_add``: one writer ``collection.add``-ing ``--raw-vectors`` of the same vectors in this
-   process (the baseline for Chroma vectors/s);
-3. ``answer_replicated`` and ``answer_partitioned``: ``--questions`` questions (the sample's 54,
+2. ``answer_replicated`` and ``answer_partitioned``: ``--questions`` questions (the sample's 54,
    repeated), ``retrieval.shard_access`` replicated, then partitioned;
-4. ``incremental``: 1% of documents changed (new text, new vectors) and 0.5% deleted, written to
-   the documents and chunks tables as an embedding ingest would, then the ingest job again.
+3. ``incremental``: 1% of documents changed (new text, new vectors) and 0.5% deleted, written to
+   the documents and chunks tables as an embedding ingest would, then the ingest job again;
+4. ``raw_add``: one writer ``collection.add``-ing ``--raw-vectors`` of the same vectors in the
+   driver process (the baseline for Chroma vectors/s; last, so that it does not raise the
+   driver's RSS in the phases before).
 
 Memory: every ``--sample-s`` the RSS of each process of the child's tree (psutil): the driver
 (Python), the JVM, and each Python worker; peaks per phase. A worker's RSS counts pages it shares
@@ -49,7 +50,7 @@ sys.path.insert(0, str(ROOT / "lib"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
-PHASES = ("setup", "ingest", "raw_add", "answer_replicated", "answer_partitioned", "incremental")
+PHASES = ("setup", "ingest", "answer_replicated", "answer_partitioned", "incremental", "raw_add")
 SAMPLE = ROOT / "resources" / "sample"
 
 
@@ -172,7 +173,9 @@ def _tiled(spark, base: Path, copies: int, cfg: Any, *, tag: str = ""):
              .withColumn("text", F.concat("text", F.lit(f" copy{tag}"), F.col("c").cast("string")))
              .join(hashes, "doc_id"))
     tiled = tiled.mapInPandas(_noisy, tiled.schema).withColumn("created_at", F.current_timestamp())
-    return docs, tiled.select(*[F.col(f.name).cast(f.dataType) for f in CHUNKS_SCHEMA.fields])
+    types = dict(tiled.dtypes)
+    return docs, tiled.select(*[F.col(f.name) if types[f.name] == f.dataType.simpleString()
+                                else F.col(f.name).cast(f.dataType) for f in CHUNKS_SCHEMA.fields])
 
 
 def _timed(fn, *args, **kwargs) -> tuple[Any, float]:
@@ -242,8 +245,6 @@ def run_size(size: int, args: argparse.Namespace, root: str) -> dict[str, Any]:
     record, out["ingest_s"] = _timed(run_ingest, spark, cfg)
     out["ingest_stages"] = record["stage_seconds"]
     out["chroma_vectors_per_s"] = n_chunks / max(record["stage_seconds"]["chroma_load"], 1e-9)
-    print("PHASE raw_add", flush=True)
-    out["raw_add_vectors_per_s"] = _raw_add(root, base_vectors, base_texts, min(args.raw_vectors, n_chunks))
     for access in ("replicated", "partitioned"):
         print(f"PHASE answer_{access}", flush=True)
         run_cfg = _config(root, shards, [f"retrieval.shard_access={access}", f"answer.run_id=scale-{access}"])
@@ -270,6 +271,8 @@ def run_size(size: int, args: argparse.Namespace, root: str) -> dict[str, Any]:
                           "stages": record["stage_seconds"], "chroma_shards_rewritten":
                               record["counts"].get("chroma_shards_rewritten"),
                           "lexical_tokenized": record["counts"].get("lexical_tokenized")}
+    print("PHASE raw_add", flush=True)  # last: it loads Chroma into the driver process, whose RSS it would raise
+    out["raw_add_vectors_per_s"] = _raw_add(root, base_vectors, base_texts, min(args.raw_vectors, n_chunks))
     out["index_bytes"] = sum(os.path.getsize(os.path.join(d, f)) for p in (f"{root}/chroma", f"{root}/chroma-lexical")
                              for d, _, fs in os.walk(p) for f in fs)
     spark.stop()
@@ -314,7 +317,7 @@ def report(results: list[dict[str, Any]]) -> None:
               f"{m['ingest']['driver']:>6.0f} / {m['answer_replicated']['driver']:>6.0f}"
               f"  {m['answer_replicated']['worker_max']:>6.0f} / {m['answer_partitioned']['worker_max']:>6.0f}")
     last = results[-1]
-    peak = lambda r: max(v["driver"] for v in r["memory_mib"].values())  # noqa: E731
+    peak = lambda r: max(v["driver"] for k, v in r["memory_mib"].items() if k != "raw_add")  # noqa: E731
     print(f"\n{last['size']} vs {base['size']} chunks: driver peak RSS {peak(last):.0f} vs {peak(base):.0f} MiB "
           f"({peak(last) / peak(base):.2f}x); index on disk {last['index_bytes'] / 2**20:.0f} MiB in "
           f"{last['shards']} shards ({last['index_bytes'] / last['shards'] / 2**20:.0f} MiB per shard)")

@@ -102,6 +102,5 @@ def test_mode_comparison_runs_under_the_limit(small_driver):
     evaluate = run_job(root, config, "evaluate", "--run-id", "replicated", "--compare-modes", "dense,hybrid",
                        "--gold-answers-column", "", "--impossible-column", "", "--ann-sample", "20")
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
-    summary = json.loads(evaluate.stdout[evaluate.stdout.index("{"):])
-    assert summary["modes"]["hybrid"]["recall@5"] > 0.5 and summary["modes"]["dense"]["queries"] == len(QUESTIONS)
-    assert summary["ann_audit"]["queries"] == 20
+    metrics = json.loads(evaluate.stdout[evaluate.stdout.index("{"):])["metrics"]
+    assert metrics["hybrid_recall@5"] > 0.5 and metrics["dense_recall@5"] > 0.5 and metrics["ann_recall@10"] > 0.9
