@@ -185,7 +185,10 @@ def _check_indexes(shared: Path) -> None:
     manifest = json.loads((shared / "chroma" / "sparkrag.manifest.json").read_text(encoding="utf-8"))
     assert len(manifest["dirs"]) == 2 and all((shared / "chroma" / d / "chroma.sqlite3").is_file()
                                               for d in manifest["dirs"])
-    assert (shared / "chroma-lexical" / "manifest.json").is_file()
+    lexical = json.loads((shared / "chroma-lexical" / "bm25.manifest.json").read_text(encoding="utf-8"))
+    assert len(lexical["dirs"]) == 2 and all((shared / "chroma-lexical" / d / "postings.npz").is_file()
+                                             for d in lexical["dirs"])  # built by executor tasks, one per shard
+    assert (shared / "chroma-lexical" / lexical["stats_dir"]).is_dir()
     # nothing landed in an executor's working directory (a relative path resolved there)
     stray = [p for p in (shared / "cluster").glob("worker*/work/app-*/*/*")
              if p.name in ("tables", "chroma", "chroma-lexical", "reports")]
