@@ -9,7 +9,8 @@ loaded 2-core machine, so the module makes few of them and checks many things on
 * ``baseline``: extractive, ANN, no filters (schema, contexts, lineage, abstention, faults);
 * ``filtered``: static ``where`` + per-row ``where_columns`` + per-row ``where_document`` +
   ``max_chunks_per_doc=1`` + ``max_distance``, each proven against the baseline's contexts;
-* ``hybrid``: the ``filtered`` settings with ``--retrieval-mode hybrid`` through ``jobs/answer.py``;
+* ``hybrid``: the ``filtered`` settings with ``--retrieval-mode hybrid`` through ``jobs/answer.py``,
+  with partitioned shard access (scatter-gather; replicated is the other runs');
 * ``exact_rerun``: ``--vector-search exact --run-id <baseline's>`` through ``jobs/answer.py``:
   the same chunk ids as ANN, and the run's rows replaced rather than duplicated;
 * ``chatqa`` / ``chatqa_resumed``: the tiny Llama through ``jobs/answer.py``, then ``--resume``;
@@ -210,10 +211,11 @@ def filtered(spark, indexed, baseline) -> Run:
 
 @pytest.fixture(scope="module")
 def hybrid(spark, indexed, filtered) -> Run:
-    """The filtered run's settings, BM25 and dense fused."""
+    """The filtered run's settings, BM25 and dense fused; partitioned shard access (on every stack)."""
     from sparkrag.jobs.answer import run
 
-    record = run(job_args(indexed.root, "--retrieval-mode", "hybrid", sets=tuple(FILTERS)), spark=spark)
+    record = run(job_args(indexed.root, "--retrieval-mode", "hybrid",
+                          sets=(*FILTERS, "retrieval.shard_access=partitioned")), spark=spark)
     return capture(spark, indexed.cfg, record)
 
 
@@ -459,7 +461,7 @@ def test_filters_json_records_the_filters_applied(filtered):
 # -- hybrid: the same filters, each context's retrievers recorded -----------------------------
 def test_hybrid_run_applies_every_filter_and_records_retrievers(indexed, hybrid):
     assert hybrid.record["outputs"]["lexical_index"] == f"{indexed.cfg.lexical.path} (generation 1)"
-    assert hybrid.record["outputs"]["shard_access"].startswith("replicated (auto: the index")
+    assert hybrid.record["outputs"]["shard_access"] == "partitioned (retrieval.shard_access=partitioned)"
     both = 0
     for qid, row in hybrid.by_id.items():
         if qid in EMPTY:
