@@ -11,8 +11,8 @@ embed: it plans (Spark aggregates), builds every Chroma shard and every BM25 sha
 tasks, sums the BM25 statistics and publishes. The answer job is real: MiniLM encodes the
 questions, the extractive answerer answers (no LLM), hybrid retrieval.
 
-Per size, in a fresh process (its own Spark session), with ``chroma.shards`` = size /
-``--chunks-per-shard`` (at least 2):
+Per size, with ``chroma.shards`` = size / ``--chunks-per-shard`` (at least 2), each phase in a
+fresh process (its own Spark session and Python workers, so no phase inherits another's memory):
 
 1. ``ingest``: the full build (Chroma load + BM25), wall time;
 2. ``answer_replicated`` and ``answer_partitioned``: ``--questions`` questions (the sample's 54,
@@ -50,7 +50,6 @@ sys.path.insert(0, str(ROOT / "lib"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
-PHASES = ("setup", "ingest", "answer_replicated", "answer_partitioned", "incremental", "raw_add")
 SAMPLE = ROOT / "resources" / "sample"
 
 
@@ -211,7 +210,9 @@ def _raw_add(root: str, base_vectors: Any, base_texts: list[str], n: int) -> flo
     return n / seconds
 
 
-def run_size(size: int, args: argparse.Namespace, root: str) -> dict[str, Any]:
+def run_phase(size: int, phase: str, args: argparse.Namespace, root: str) -> dict[str, Any]:
+    """One phase of one size in this (fresh) process: its own Spark session, its own Python workers."""
+    import numpy as np
     from pyspark.sql import functions as F
 
     from sparkrag.delta import open_tables
@@ -219,70 +220,73 @@ def run_size(size: int, args: argparse.Namespace, root: str) -> dict[str, Any]:
     from sparkrag.pipelines.ingest import run_ingest
     from sparkrag.spark import get_spark
 
-    import numpy as np
-
     base = Path(args.workdir) / "base"
     shards = max(2, math.ceil(size / args.chunks_per_shard))
     cfg = _config(root, shards, [])
     spark = get_spark(cfg.spark)
     base_cfg = _base_config(base)
     seed = open_tables(spark, base_cfg.tables).read(base_cfg.names.chunks).select("embedding", "text").collect()
-    base_vectors, base_texts = np.array([r["embedding"] for r in seed], dtype=np.float32), [r["text"] for r in seed]
     copies = max(1, round(size / len(seed)))
     tables = open_tables(spark, cfg.tables)
-    docs, chunks = _tiled(spark, base, copies, cfg)
-    tables.write(docs, cfg.names.documents)
-    tables.write(chunks, cfg.names.chunks)
-    questions = [json.loads(line) for line in (SAMPLE / "questions.jsonl").read_text().splitlines()]
-    rows = [(f"{q['question_id']}~{k}", q["question"]) for k in range(math.ceil(args.questions / len(questions)))
-            for q in questions][:args.questions]
-    tables.write(spark.createDataFrame(rows, "question_id string, question string"), cfg.names.questions)
-    n_chunks = tables.read(cfg.names.chunks).count()
-    out: dict[str, Any] = {"size": size, "chunks": n_chunks, "documents": tables.read(cfg.names.documents).count(),
-                           "shards": shards, "questions": len(rows)}
-
-    print("PHASE ingest", flush=True)
-    record, out["ingest_s"] = _timed(run_ingest, spark, cfg)
-    out["ingest_stages"] = record["stage_seconds"]
-    out["chroma_vectors_per_s"] = n_chunks / max(record["stage_seconds"]["chroma_load"], 1e-9)
-    for access in ("replicated", "partitioned"):
-        print(f"PHASE answer_{access}", flush=True)
+    out: dict[str, Any] = {}
+    if phase == "ingest":
+        docs, chunks = _tiled(spark, base, copies, cfg)
+        tables.write(docs, cfg.names.documents)
+        tables.write(chunks, cfg.names.chunks)
+        questions = [json.loads(line) for line in (SAMPLE / "questions.jsonl").read_text().splitlines()]
+        rows = [(f"{q['question_id']}~{k}", q["question"]) for k in range(math.ceil(args.questions / len(questions)))
+                for q in questions][:args.questions]
+        tables.write(spark.createDataFrame(rows, "question_id string, question string"), cfg.names.questions)
+        out.update(chunks=tables.read(cfg.names.chunks).count(), documents=tables.read(cfg.names.documents).count(),
+                   shards=shards, questions=len(rows))
+        print("PHASE ingest", flush=True)
+        record, out["ingest_s"] = _timed(run_ingest, spark, cfg)
+        out["ingest_stages"] = record["stage_seconds"]
+        out["chroma_vectors_per_s"] = out["chunks"] / max(record["stage_seconds"]["chroma_load"], 1e-9)
+    elif phase.startswith("answer_"):
+        access = phase.removeprefix("answer_")
+        print(f"PHASE {phase}", flush=True)
         run_cfg = _config(root, shards, [f"retrieval.shard_access={access}", f"answer.run_id=scale-{access}"])
         record, seconds = _timed(run_answer, spark, run_cfg)
         stage = record["stage_seconds"]["retrieve_generate_write"]
-        out[f"answer_{access}"] = {"wall_s": seconds, "stage_s": stage, "questions_per_s": len(rows) / stage,
-                                   "errors": record["counts"].get("errors", 0)}
-
-    print("PHASE incremental", flush=True)
-    doc_ids = tables.read(cfg.names.documents).select("doc_id")
-    changed = doc_ids.where((F.crc32("doc_id") % 200) < 2).withColumn("_change", F.lit("changed"))  # 1%
-    deleted = doc_ids.where((F.crc32("doc_id") % 200) == 2).withColumn("_change", F.lit("deleted"))  # 0.5%
-    touched = changed.unionByName(deleted).cache()
-    counts = {r["_change"]: r["count"] for r in touched.groupBy("_change").count().collect()}
-    new_docs, new_chunks = _tiled(spark, base, copies, cfg, tag="v2")  # new text, hash and vectors
-    new_docs = new_docs.join(changed.select("doc_id"), "doc_id")
-    new_chunks = new_chunks.join(changed.select("doc_id"), "doc_id")
-    tables.delete_keys(touched.select("doc_id"), cfg.names.chunks, keys=["doc_id"])
-    tables.write(new_chunks, cfg.names.chunks, mode="append")
-    tables.delete_keys(touched.select("doc_id"), cfg.names.documents, keys=["doc_id"])
-    tables.write(new_docs, cfg.names.documents, mode="append")
-    record, out["incremental_s"] = _timed(run_ingest, spark, cfg)
-    out["incremental"] = {"documents_changed": counts.get("changed", 0), "documents_deleted": counts.get("deleted", 0),
-                          "stages": record["stage_seconds"], "chroma_shards_rewritten":
-                              record["counts"].get("chroma_shards_rewritten"),
-                          "lexical_tokenized": record["counts"].get("lexical_tokenized")}
-    print("PHASE raw_add", flush=True)  # last: it loads Chroma into the driver process, whose RSS it would raise
-    out["raw_add_vectors_per_s"] = _raw_add(root, base_vectors, base_texts, min(args.raw_vectors, n_chunks))
-    out["index_bytes"] = sum(os.path.getsize(os.path.join(d, f)) for p in (f"{root}/chroma", f"{root}/chroma-lexical")
-                             for d, _, fs in os.walk(p) for f in fs)
+        out[phase] = {"wall_s": seconds, "stage_s": stage, "questions_per_s": record["counts"]["answers"] / stage,
+                      "errors": record["counts"].get("errors", 0), "access": record["outputs"]["shard_access"]}
+    elif phase == "incremental":
+        doc_ids = tables.read(cfg.names.documents).select("doc_id")
+        changed = doc_ids.where((F.crc32("doc_id") % 200) < 2).withColumn("_change", F.lit("changed"))  # 1%
+        deleted = doc_ids.where((F.crc32("doc_id") % 200) == 2).withColumn("_change", F.lit("deleted"))  # 0.5%
+        touched = changed.unionByName(deleted).cache()
+        counts = {r["_change"]: r["count"] for r in touched.groupBy("_change").count().collect()}
+        new_docs, new_chunks = _tiled(spark, base, copies, cfg, tag="v2")  # new text, hash and vectors
+        tables.delete_keys(touched.select("doc_id"), cfg.names.chunks, keys=["doc_id"])
+        tables.write(new_chunks.join(changed.select("doc_id"), "doc_id"), cfg.names.chunks, mode="append")
+        tables.delete_keys(touched.select("doc_id"), cfg.names.documents, keys=["doc_id"])
+        tables.write(new_docs.join(changed.select("doc_id"), "doc_id"), cfg.names.documents, mode="append")
+        print("PHASE incremental", flush=True)
+        record, out["incremental_s"] = _timed(run_ingest, spark, cfg)
+        out["incremental"] = {"documents_changed": counts.get("changed", 0),
+                              "documents_deleted": counts.get("deleted", 0), "stages": record["stage_seconds"],
+                              "chroma_shards_rewritten": record["counts"].get("chroma_shards_rewritten"),
+                              "chroma_loaded": record["counts"].get("chroma_loaded"),
+                              "lexical_tokenized": record["counts"].get("lexical_tokenized")}
+    elif phase == "raw_add":
+        print("PHASE raw_add", flush=True)
+        vectors, texts = np.array([r["embedding"] for r in seed], dtype=np.float32), [r["text"] for r in seed]
+        n = min(args.raw_vectors, tables.read(cfg.names.chunks).count())
+        out["raw_add_vectors_per_s"] = _raw_add(root, vectors, texts, n)
+        out["index_bytes"] = sum(os.path.getsize(os.path.join(d, f)) for p in (f"{root}/chroma", f"{root}/chroma-lexical")
+                                 for d, _, fs in os.walk(p) for f in fs)
     spark.stop()
     return out
 
 
-def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
-    root = tempfile.mkdtemp(prefix=f"scale-out-{size}-", dir=args.workdir)
-    cmd = [sys.executable, __file__, "--child", str(size), "--workdir", args.workdir, "--questions",
-           str(args.questions), "--chunks-per-shard", str(args.chunks_per_shard), "--raw-vectors",
+CHILD_PHASES = ("ingest", "answer_replicated", "answer_partitioned", "incremental", "raw_add")
+
+
+def _child(size: int, phase: str, args: argparse.Namespace, root: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run one phase in a child process while sampling its process tree: (result, peaks by phase)."""
+    cmd = [sys.executable, __file__, "--child", str(size), "--phase", phase, "--workdir", args.workdir,
+           "--questions", str(args.questions), "--chunks-per-shard", str(args.chunks_per_shard), "--raw-vectors",
            str(args.raw_vectors), "--root", root]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     memory = TreeRss(proc.pid, args.sample_s)
@@ -295,12 +299,27 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
             result = json.loads(line[len("RESULT "):])
     proc.wait()
     memory.stop()
-    shutil.rmtree(root, ignore_errors=True)
     if proc.returncode or result is None:
-        raise RuntimeError(f"size {size} exited with {proc.returncode}")
-    result["memory_mib"] = {phase: {"driver": p["driver"] / 2**20, "jvm": p["jvm"] / 2**20,
-                                    "worker_max": max(p["workers"].values(), default=0) / 2**20,
-                                    "workers": len(p["workers"])} for phase, p in memory.peaks.items()}
+        raise RuntimeError(f"size {size}, phase {phase}: exited with {proc.returncode}")
+    return result, memory.peaks
+
+
+def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Every phase of one size, each in a fresh process (its workers hold only what that phase loaded)."""
+    root = tempfile.mkdtemp(prefix=f"scale-out-{size}-", dir=args.workdir)
+    result: dict[str, Any] = {"size": size, "memory_mib": {}}
+    try:
+        for phase in CHILD_PHASES:
+            out, peaks = _child(size, phase, args, root)
+            result.update(out)
+            for name, p in peaks.items():
+                if name == phase:
+                    result["memory_mib"][name] = {"driver": p["driver"] / 2**20, "jvm": p["jvm"] / 2**20,
+                                                  "worker_max": max(p["workers"].values(), default=0) / 2**20,
+                                                  "workers": len(p["workers"])}
+            print(f"  {size}: {phase} done", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     return result
 
 
@@ -317,7 +336,8 @@ def report(results: list[dict[str, Any]]) -> None:
               f"{m['ingest']['driver']:>6.0f} / {m['answer_replicated']['driver']:>6.0f}"
               f"  {m['answer_replicated']['worker_max']:>6.0f} / {m['answer_partitioned']['worker_max']:>6.0f}")
     last = results[-1]
-    peak = lambda r: max(v["driver"] for k, v in r["memory_mib"].items() if k != "raw_add")  # noqa: E731
+    peak = lambda r: max(r["memory_mib"][k]["driver"] for k in ("ingest", "answer_replicated", "answer_partitioned",  # noqa: E731
+                                                                   "incremental"))
     print(f"\n{last['size']} vs {base['size']} chunks: driver peak RSS {peak(last):.0f} vs {peak(base):.0f} MiB "
           f"({peak(last) / peak(base):.2f}x); index on disk {last['index_bytes'] / 2**20:.0f} MiB in "
           f"{last['shards']} shards ({last['index_bytes'] / last['shards'] / 2**20:.0f} MiB per shard)")
@@ -332,11 +352,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--sample-s", type=float, default=1.0)
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "sparkrag-scale-out"))
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
     if args.child:
-        print("RESULT " + json.dumps(run_size(args.child, args, args.root)), flush=True)
+        print("RESULT " + json.dumps(run_phase(args.child, args.phase, args, args.root)), flush=True)
         return []
     base_chunks(Path(args.workdir))
     print("vectors: the sample's real MiniLM chunk vectors, tiled with seeded noise (no encoder in the ingest); "

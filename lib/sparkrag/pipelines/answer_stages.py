@@ -39,7 +39,7 @@ def query_text(question: str, history: Any) -> str:
     ``user: ...\\nagent: ...\\nuser: ...`` form when there is history."""
     if history is None or len(history) == 0:
         return question
-    lines = [f"{'user' if _get(t, 'role') == 'user' else 'agent'}: {_get(t, 'content')}" for t in history]
+    lines = [f"{'user' if get_field(t, 'role') == 'user' else 'agent'}: {get_field(t, 'content')}" for t in history]
     return "\n".join(lines + [f"user: {question}"])
 
 
@@ -51,9 +51,6 @@ def seq(values: Any) -> list:
 def get_field(obj: Any, key: str) -> Any:
     """A struct's field, whether pandas hands the struct over as a dict or a Row."""
     return obj[key] if isinstance(obj, dict) else getattr(obj, key)
-
-
-_get = get_field
 
 
 def filter_row(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -112,7 +109,7 @@ def base_row(row: dict) -> dict:
 def _history(history: Any) -> list[dict] | None:
     if history is None:
         return None
-    return [{"role": _get(t, "role"), "content": _get(t, "content")} for t in history]
+    return [{"role": get_field(t, "role"), "content": get_field(t, "content")} for t in history]
 
 
 def _retrieve_rows(rows: list[dict], cfg: RagConfig, tools: dict[str, Any]) -> list[dict]:
