@@ -122,6 +122,11 @@ class ChromaConfig:
     # count, else one per 100k chunks, at most one per core (more writers than cores load no
     # faster, and every shard adds a query per batch). A different number rebuilds every shard.
     shards: int | None = None
+    # An ingest that changes few chunks of a shard writes a small delta next to it (its added
+    # and changed chunks, and the ids it hides) instead of a new copy of the shard: while the
+    # changes since the shard was last rebuilt stay under this fraction of it. Readers merge
+    # the two. Past it the shard is rebuilt whole. 0: always rebuild.
+    compact_at: float = 0.2
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

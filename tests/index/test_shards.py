@@ -105,7 +105,7 @@ def test_sharded_index_returns_the_single_index_top_k_with_and_without_filters(s
     rows = corpus()
     single, sharded = rag_cfg(tmp_path / "one", shards=1), rag_cfg(tmp_path / "three", shards=3)
     assert sync(spark, rows, single) == {"deleted": 0, "loaded": len(rows), "total": len(rows), "shards": 1,
-                                         "shards_rewritten": 1}
+                                         "shards_rewritten": 1, "shards_delta": 0}
     assert sync(spark, rows, sharded)["shards_rewritten"] == 3
     one, three = index_of(single), index_of(sharded)
     assert isinstance(three, ShardedIndex) and not isinstance(one, ShardedIndex)
@@ -138,8 +138,10 @@ def test_sharded_index_returns_the_single_index_top_k_with_and_without_filters(s
     np.testing.assert_allclose(by_id["doc-017:3"], next(r[7] for r in rows if r[0] == "doc-017:3"), atol=1e-6)
 
 
-def test_incremental_rerun_rewrites_only_changed_shards(spark, tmp_path):
-    cfg = rag_cfg(tmp_path / "chroma", shards=4)
+@pytest.mark.parametrize("compact_at", [0.0, 0.5])
+def test_incremental_rerun_rewrites_only_changed_shards(spark, tmp_path, compact_at):
+    """compact_at 0: a changed shard is a new directory; 0.5: its base stays and a delta holds the change."""
+    cfg = rag_cfg(tmp_path / "chroma", shards=4, compact_at=compact_at)
     sync(spark, corpus(), cfg)
     first = manifest(cfg)
     changed, dropped = "doc-005", "doc-011"
@@ -149,17 +151,92 @@ def test_incremental_rerun_rewrites_only_changed_shards(spark, tmp_path):
     counts = sync(spark, rows, cfg)
     second = manifest(cfg)
     assert counts["shards_rewritten"] == len(touched) and counts["total"] == len(rows)
+    assert counts["shards_delta"] == (len(touched) if compact_at else 0)
     assert counts["loaded"] == 4 and counts["deleted"] == 8  # 4 replaced chunks + 4 of the dropped doc
     assert second["generation"] == first["generation"] + 1 and second["previous"] == first["dirs"]
     for s in range(4):
-        assert (second["dirs"][s] != first["dirs"][s]) == (s in touched), s
+        if compact_at:
+            assert second["dirs"][s] == first["dirs"][s] and bool(second["deltas"][s]) == (s in touched), s
+        else:
+            assert (second["dirs"][s] != first["dirs"][s]) == (s in touched) and second["deltas"] == [], s
     # the previous generation's directories stay for readers still on it
     assert all(os.path.isdir(tmp_path / "chroma" / d) for d in first["dirs"])
     got = index_of(cfg).get(ids=[f"{changed}:0", f"{dropped}:0"], include=["documents"])
     assert got["ids"] == [f"{changed}:0"] and got["documents"] == [f"chunk 0 of {changed} v4242"]
+    assert index_of(cfg).count() == len(rows)
     # a rerun with no change touches nothing and publishes nothing
     assert sync(spark, rows, cfg)["shards_rewritten"] == 0
     assert manifest(cfg) == second
+
+
+def on_disk_matches(cfg: RagConfig, folder) -> None:
+    """The shard folder holds exactly what the manifest and its predecessor's readers need."""
+    published = ShardStore(cfg.chroma.path, cfg.chroma.collection).read_manifest()
+    assert set(os.listdir(folder)) == {os.path.basename(d) for d in published.kept_dirs()}
+
+
+def test_delta_shards_answer_as_a_rebuilt_index(spark, tmp_path):
+    """Base + delta (changed and dropped chunks hidden) gives a fresh build's top-k, gets and counts, on the
+    driver, on executors (shared and snapshot) and in a partitioned worker; then compaction."""
+    from sparkrag.index.shards import SegmentedShard, open_shard_alone
+
+    cfg = rag_cfg(tmp_path / "chroma", shards=2, compact_at=1.0)
+    base_rows = corpus()
+    sync(spark, base_rows, cfg)
+    shard0 = [f"doc-{d:03d}" for d in range(48) if shard_of(f"doc-{d:03d}", 2) == 0]
+    changed = {doc: 5000 + k for k, doc in enumerate(shard0[:8])}  # ~1/3 of shard 0 changes
+    dropped = (shard0[8], shard0[9])
+    rows = corpus(changed=changed, dropped=dropped)
+    counts = sync(spark, rows, cfg)
+    assert counts["shards_delta"] == 1 and counts["loaded"] == 32 and counts["deleted"] == 40
+    fresh = rag_cfg(tmp_path / "fresh", shards=2)
+    sync(spark, rows, fresh)
+    index, want = index_of(cfg), index_of(fresh)
+    assert isinstance(index.shards[0], SegmentedShard) and index.count() == len(rows)
+    # queries at the old vectors of the changed documents: the base's nearest are all hidden, so the
+    # base is asked again for more (the loop in SegmentedShard.query)
+    old = np.array([r[7] for r in base_rows if r[1] in changed or r[1] in dropped], dtype=np.float32)
+    for q in (queries(), old):
+        for where in (None, {"source": "wiki"}):
+            kw = dict(query_embeddings=q, n_results=6, where=where, include=["distances", "documents", "embeddings"])
+            got, expected = index.query(**kw), want.query(**kw)
+            assert_same_top_k(got, expected)
+            texts = {cid: t for ids, ts in zip(expected["ids"], expected["documents"]) for cid, t in zip(ids, ts)}
+            assert all(texts.get(cid, t) == t for ids, ts in zip(got["ids"], got["documents"])
+                       for cid, t in zip(ids, ts))
+    ids = [f"{d}:{c}" for d in (*changed, *dropped) for c in range(4)]
+    got = index.get(ids=ids, include=["documents"])
+    assert sorted(zip(got["ids"], got["documents"])) == sorted(
+        (r[0], r[3]) for r in rows if r[1] in changed)  # new text only; the dropped are gone
+    # executors read the same (the delta is shipped with the base), and so does a partitioned worker
+    expected_ids = index.query(query_embeddings=old, n_results=5, include=["distances"])["ids"]
+    for access in ("shared", "snapshot"):
+        index_fn = prepare_index_fn(spark, cfg.chroma, embedding_model=MODEL, dim=DIM, access=access)
+        assert query_on_executors(spark, index_fn, old) == expected_ids
+    ref = resolve_shards(cfg.chroma)[0]
+    alone = open_shard_alone(cfg.chroma, ref, embedding_model=MODEL, dim=DIM)
+    assert alone.query(query_embeddings=old, n_results=5, include=["distances"])["ids"] == \
+        index.shards[0].query(query_embeddings=old, n_results=5, include=["distances"])["ids"]
+    # a second change is a new delta against the same base; the first delta stays for its readers
+    first = manifest(cfg)
+    rows = corpus(changed={**changed, shard0[10]: 6000}, dropped=dropped)
+    assert sync(spark, rows, cfg)["shards_delta"] == 1
+    second = manifest(cfg)
+    assert second["dirs"] == first["dirs"] and second["deltas"][0] != first["deltas"][0]
+    on_disk_matches(cfg, tmp_path / "chroma" / "shards.shards")
+    sync(spark, rows, fresh)
+    kw = dict(query_embeddings=old, n_results=6, include=["distances"])
+    assert_same_top_k(index_of(cfg).query(**kw), index_of(fresh).query(**kw))
+    # past compact_at the shard is rebuilt (changes found mid-stream): a new base, no delta
+    small = rag_cfg(tmp_path / "chroma", shards=2, compact_at=0.05)
+    rows = corpus(changed={**changed, shard0[11]: 7000}, dropped=dropped)
+    counts = sync(spark, rows, small)
+    assert counts["shards_delta"] == 0 and counts["shards_rewritten"] == 1
+    third = manifest(cfg)
+    assert third["deltas"] == [] and third["dirs"][0] != first["dirs"][0] and third["dirs"][1] == first["dirs"][1]
+    sync(spark, rows, fresh)
+    assert_same_top_k(index_of(cfg).query(**kw), index_of(fresh).query(**kw))
+    assert index_of(cfg).count() == len(rows)
 
 
 def test_failed_build_leaves_the_published_index_unchanged(spark, tmp_path):
@@ -177,9 +254,7 @@ def test_failed_build_leaves_the_published_index_unchanged(spark, tmp_path):
     assert after["ids"] == before["ids"]
     # the next good run publishes, and removes whatever the failed one left behind
     assert sync(spark, bad, cfg)["shards_rewritten"] >= 1
-    published = manifest(cfg)
-    on_disk = set(os.listdir(tmp_path / "chroma" / "shards.shards"))
-    assert on_disk == {os.path.basename(d) for d in published["dirs"] + published["previous"]}
+    on_disk_matches(cfg, tmp_path / "chroma" / "shards.shards")
 
 
 def query_on_executors(spark, index_fn, q: np.ndarray) -> list[list[str]]:
@@ -290,9 +365,7 @@ def test_build_killed_midway_leaves_the_published_index_unchanged(spark, tmp_pat
     assert index_of(cfg).query(query_embeddings=queries(), n_results=5, include=["distances"])["ids"] == before["ids"]
     counts = sync(spark, rows, cfg)  # the rerun publishes and removes the killed build's directories
     assert counts["total"] == len(rows) and counts["shards_rewritten"] == 2
-    published = manifest(cfg)
-    on_disk = set(os.listdir(tmp_path / "chroma" / "shards.shards"))
-    assert on_disk == {os.path.basename(d) for d in published["dirs"] + published["previous"]}
+    on_disk_matches(cfg, tmp_path / "chroma" / "shards.shards")
 
 
 def test_hadoop_store_publishes_through_the_filesystem_api(spark, tmp_path):

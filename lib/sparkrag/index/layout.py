@@ -65,7 +65,8 @@ log = logging.getLogger(__name__)
 # One writer loads 100k vectors in ~2.5 min; below that a split buys little load time and
 # every shard adds a query per batch at answer time.
 CHUNKS_PER_SHARD = 100_000
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: per-shard delta directories (``deltas``); format 1 (none) is still read
+READABLE_FORMATS = (1, 2)
 
 
 def shard_of(doc_id: str, shards: int) -> int:
@@ -117,23 +118,35 @@ class Manifest:
     embedding_dim: int
     space: str
     generation: int = 0
-    previous: tuple[str, ...] = ()  # the dirs of the manifest this one replaced (kept for its readers)
+    previous: tuple[str, ...] = ()  # the dirs and deltas of the manifest this one replaced (kept for its readers)
     published_at: str = ""
     format: int = MANIFEST_FORMAT
+    # Per shard: a delta directory over the base in ``dirs`` ("" none; () no shard has one).
+    # A delta holds the chunks added or changed since the base was built and the ids of the
+    # base it hides (:mod:`sparkrag.index.build`); readers merge the two.
+    deltas: tuple[str, ...] = ()
+
+    def delta(self, shard: int) -> str:
+        """Shard ``shard``'s delta directory, or ""."""
+        return self.deltas[shard] if self.deltas else ""
+
+    def live_dirs(self) -> list[str]:
+        """Every directory a reader of this manifest opens: the bases and the deltas."""
+        return [*self.dirs, *(d for d in self.deltas if d)]
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
 
     def kept_dirs(self) -> list[str]:
         """The directories a publish of this manifest keeps: its own and its predecessor's (for its readers)."""
-        return [*self.dirs, *self.previous]
+        return [*self.live_dirs(), *self.previous]
 
     @classmethod
     def from_json(cls, text: str, where: str) -> "Manifest":
         try:
             data = json.loads(text)
-            if data.get("format") != MANIFEST_FORMAT:
-                raise ValueError(f"format {data.get('format')!r}, this sparkrag reads {MANIFEST_FORMAT}")
+            if data.get("format") not in READABLE_FORMATS:
+                raise ValueError(f"format {data.get('format')!r}, this sparkrag reads {READABLE_FORMATS}")
             fields = {f.name for f in dataclasses.fields(cls)}
             data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in fields}
             manifest = cls(**data)
@@ -143,6 +156,9 @@ class Manifest:
             raise VectorStoreError(f"shard manifest {where}: expected {manifest.shards} dirs, fingerprints and "
                                    f"counts, got {len(manifest.dirs)}, {len(manifest.fingerprints)}, "
                                    f"{len(manifest.counts)}")
+        if manifest.deltas and len(manifest.deltas) != manifest.shards:
+            raise VectorStoreError(f"shard manifest {where}: expected {manifest.shards} deltas, got "
+                                   f"{len(manifest.deltas)}")
         return manifest
 
 

@@ -6,7 +6,9 @@ and the per-shard top-k lists are merged into the global top-k by distance, whic
 exactly a single index's answer when all shards use the same distance (each shard
 returns its own k nearest, and the global k nearest are among them). Post-query filters
 run after the merge, in :mod:`sparkrag.retrieval.search`. A one-shard index is simply its
-collection.
+collection. A shard with a delta directory (:mod:`sparkrag.index.build`) is a
+:class:`SegmentedShard`: its base and its delta queried as one, the base's hidden ids
+skipped.
 
 Example:
     >>> index_fn = prepare_index_fn(spark, cfg.chroma, embedding_model=model, dim=384)  # doctest: +SKIP
@@ -15,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -41,7 +44,6 @@ from sparkrag.index.vectorstore import (
     open_client,
     open_collection,
     persistent_client,
-    resolve_embedded_path,
 )
 
 if TYPE_CHECKING:
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ShardRef",
     "ShardedIndex",
+    "SegmentedShard",
     "resolve_shards",
     "open_index",
     "prepare_index_fn",
@@ -74,6 +77,8 @@ class ShardRef:
     collection: str
     path: str | None = None
     snapshot: str | None = None  # archive name shipped with addArchive, when executors read a copy
+    delta: str | None = None  # the shard's delta directory (embedded), read over ``path``
+    delta_snapshot: str | None = None  # its archive name, when executors read copies
 
 
 def _server_shard_count(cfg: ChromaConfig) -> int:
@@ -106,7 +111,8 @@ def resolve_shards(cfg: ChromaConfig, spark: "SparkSession | None" = None) -> tu
     store = open_store(cfg, spark)
     manifest = store.read_manifest()
     if manifest is not None:
-        return tuple(ShardRef(cfg.collection, store.full_path(d)) for d in manifest.dirs)
+        return tuple(ShardRef(cfg.collection, store.full_path(d), delta=store.full_path(x) if x else None)
+                     for d, x in zip(manifest.dirs, (manifest.delta(i) for i in range(manifest.shards))))
     if is_legacy_directory(cfg.path):
         return (ShardRef(cfg.collection, os.path.abspath(cfg.path)),)  # tasks have another working dir
     raise VectorStoreError(f"no Chroma index of {cfg.collection!r} in {cfg.path} (chroma.path); "
@@ -204,17 +210,110 @@ class ShardedIndex:
         return out
 
 
-def _open_shard(ref: ShardRef, cfg: ChromaConfig, backoff_s: float) -> "Collection":
+class SegmentedShard:
+    """One shard as its base collection plus its delta (``query``, ``get``, ``count`` like a ``Collection``).
+
+    The delta holds the chunks added or changed since the base was built; ``masked`` are
+    the base's ids that are deleted or changed. A query asks the delta for ``n_results`` and
+    the base for more than that, drops masked ids, and merges the two lists by distance (ties:
+    base first); a query whose base list lost so many ids that fewer than ``n_results``
+    remain asks the base again for more, up to ``n_results + len(masked)``, which always
+    suffices. The answer is therefore the ``n_results`` nearest live chunks, as one rebuilt
+    collection would give them (up to HNSW's approximation).
+    """
+
+    def __init__(self, base: Any, delta: Any, masked: frozenset[str]) -> None:
+        self.base, self.delta, self.masked = base, delta, frozenset(masked)
+        self.name = base.name
+        self.metadata = base.metadata
+
+    @property
+    def configuration(self) -> Any:
+        return self.base.configuration
+
+    def count(self) -> int:
+        """Live vectors: the base's, less the masked ones, plus the delta's."""
+        return int(self.base.count()) - len(self.masked) + int(self.delta.count())
+
+    def query(self, query_embeddings: Any, n_results: int = 10, where: Any = None, where_document: Any = None,
+              include: Sequence[str] = ("documents", "metadatas", "distances")) -> dict[str, Any]:
+        """Like ``Collection.query``: the ``n_results`` nearest live chunks per query, by distance."""
+        q = np.asarray(query_embeddings, dtype=np.float32)
+        q = q.reshape(1, -1) if q.ndim == 1 else q
+        wanted = [k for k in include if k in _QUERY_KEYS and k != "ids"]
+        asked = list(dict.fromkeys([*wanted, "distances"]))
+        search = {"where": where, "where_document": where_document, "include": asked}
+        delta = (self.delta.query(query_embeddings=q, n_results=n_results, **search) if self.delta.count()
+                 else {"ids": [[] for _ in q], **{k: [[] for _ in q] for k in asked}})
+        base: list[dict[str, list[Any]]] = [{} for _ in q]
+        todo, k = list(range(len(q))), n_results + min(len(self.masked), max(n_results, 8))
+        while todo:
+            res = self.base.query(query_embeddings=q[todo], n_results=k, **search)
+            again = []
+            for pos, j in enumerate(todo):
+                keep = [r for r, cid in enumerate(res["ids"][pos]) if cid not in self.masked]
+                base[j] = {key: [res[key][pos][r] for r in keep] for key in ("ids", *asked)}
+                exhausted = len(res["ids"][pos]) < k or k >= n_results + len(self.masked)
+                if len(keep) < n_results and not exhausted:
+                    again.append(j)
+            todo, k = again, min(2 * k, n_results + len(self.masked))
+        out: dict[str, Any] = {"ids": [], **{key: [] for key in wanted}}
+        for j in range(len(q)):
+            hits = sorted([(d, 0, r) for r, d in enumerate(base[j]["distances"])]
+                          + [(float(d), 1, r) for r, d in enumerate(delta["distances"][j])])[:n_results]
+            parts = (base[j], {key: delta[key][j] for key in ("ids", *asked)})
+            out["ids"].append([parts[seg]["ids"][r] for _, seg, r in hits])
+            for key in wanted:
+                values = [parts[seg][key][r] for _, seg, r in hits]
+                out[key].append(np.asarray(values) if key == "embeddings" and values else values)
+        out["included"] = wanted
+        return out
+
+    def get(self, ids: Sequence[str] | None = None, include: Sequence[str] = ("documents", "metadatas"),
+            where: Any = None, where_document: Any = None, limit: int | None = None) -> dict[str, Any]:
+        """Like ``Collection.get``: the live rows of ``ids`` (or matching the filters), the delta's for a changed id."""
+        wanted = [k for k in include if k in ("embeddings", "documents", "metadatas")]
+        more = None if limit is None else limit + len(self.masked)
+        parts = [self.base.get(ids=ids, where=where, where_document=where_document, include=wanted, limit=more),
+                 self.delta.get(ids=ids, where=where, where_document=where_document, include=wanted, limit=limit)]
+        rows = [(p, r) for n, p in enumerate(parts) for r, cid in enumerate(p["ids"])
+                if n == 1 or cid not in self.masked][:limit]
+        out: dict[str, Any] = {"ids": [p["ids"][r] for p, r in rows]}
+        for key in wanted:
+            values = [p[key][r] for p, r in rows]
+            out[key] = np.asarray(values) if key == "embeddings" and values else values
+        out["included"] = wanted
+        return out
+
+
+def _get_collection(client: Any, ref: ShardRef, where: str) -> "Collection":
     from chromadb.errors import NotFoundError
 
-    if ref.snapshot is not None:
-        return open_snapshot_collection(ref.snapshot, ref.collection)
-    client = persistent_client(ref.path) if ref.path is not None else open_client(cfg, backoff_s=backoff_s)
     try:
         return client.get_collection(ref.collection, embedding_function=None)
     except NotFoundError:
-        raise VectorStoreError(f"shard {ref.collection!r} does not exist in "
-                               f"{ref.path or f'server {cfg.host}:{cfg.port}'}") from None
+        raise VectorStoreError(f"shard {ref.collection!r} does not exist in {where}") from None
+
+
+def _open_delta(base: "Collection", ref: ShardRef) -> Any:
+    """``base`` alone, or with ``ref``'s delta a :class:`SegmentedShard` (snapshot copies opened once per worker)."""
+    from sparkrag.index.build import read_masked
+
+    if ref.delta_snapshot is not None:
+        delta, local = worker_cached(("chroma-snapshot", ref.delta_snapshot, ref.collection),
+                                     lambda: _open_snapshot(ref.delta_snapshot, ref.collection))
+        return SegmentedShard(base, delta, read_masked(local))
+    if ref.delta is not None:
+        return SegmentedShard(base, _get_collection(persistent_client(ref.delta), ref, ref.delta),
+                              read_masked(ref.delta))
+    return base
+
+
+def _open_shard(ref: ShardRef, cfg: ChromaConfig, backoff_s: float) -> Any:
+    if ref.snapshot is not None:
+        return _open_delta(open_snapshot_collection(ref.snapshot, ref.collection), ref)
+    client = persistent_client(ref.path) if ref.path is not None else open_client(cfg, backoff_s=backoff_s)
+    return _open_delta(_get_collection(client, ref, ref.path or f"server {cfg.host}:{cfg.port}"), ref)
 
 
 def open_index(cfg: ChromaConfig, refs: Sequence[ShardRef], *, backoff_s: float = 0.5) -> Any:
@@ -266,11 +365,14 @@ def prepare_shard_refs(spark: "SparkSession", cfg: ChromaConfig, *, embedding_mo
     if cfg.mode == "embedded" and not os.path.isdir(refs[0].path or ""):  # a Hadoop store: copy here, then ship
         refs, access = _download(spark, cfg), "snapshot"
     for ref in refs:  # fail here, before any task starts; applies a changed hnsw_search_ef
-        client = persistent_client(ref.path) if ref.path is not None else open_client(cfg)
-        open_collection(client, _named(cfg, ref.collection), embedding_model=embedding_model, dim=dim, create=False)
+        for path in (ref.path, ref.delta) if ref.delta else (ref.path,):
+            client = persistent_client(path) if path is not None else open_client(cfg)
+            open_collection(client, _named(cfg, ref.collection), embedding_model=embedding_model, dim=dim,
+                            create=False)
     if cfg.mode == "embedded" and ships_copies(spark, access):
-        refs = tuple(ShardRef(r.collection, r.path, snapshot_for_executors(spark, cfg, directory=r.path))
-                         for r in refs)
+        refs = tuple(dataclasses.replace(
+            r, snapshot=snapshot_for_executors(spark, cfg, directory=r.path),
+            delta_snapshot=snapshot_for_executors(spark, cfg, directory=r.delta) if r.delta else None) for r in refs)
     log.info("Chroma index %r: %d shard(s) (%s)", cfg.collection, len(refs),
              "snapshots" if refs[0].snapshot else cfg.mode)
     return refs
@@ -282,17 +384,18 @@ def _download(spark: "SparkSession", cfg: ChromaConfig) -> tuple[ShardRef, ...]:
     manifest = store.read_manifest()
     if manifest is None:
         raise VectorStoreError(f"no Chroma index of {cfg.collection!r} in {cfg.path}; run the ingest job first")
-    refs = []
-    for rel in manifest.dirs:
+    def download(rel: str) -> str | None:
+        if not rel:
+            return None
         local = tempfile.mkdtemp(prefix="sparkrag-shard-download-")
         store.fetch(rel, local)
-        refs.append(ShardRef(cfg.collection, local))
-    return tuple(refs)
+        return local
+
+    return tuple(ShardRef(cfg.collection, download(rel), delta=download(manifest.delta(i)))
+                 for i, rel in enumerate(manifest.dirs))
 
 
 def _named(cfg: ChromaConfig, collection: str) -> ChromaConfig:
-    import dataclasses
-
     return dataclasses.replace(cfg, collection=collection)
 
 
@@ -341,15 +444,16 @@ def open_snapshot_collection(name: str, collection_name: str) -> "Collection":
     Raises:
         VectorStoreError: the snapshot is not present on this executor.
     """
-    return worker_cached(("chroma-snapshot", name, collection_name), lambda: _open_snapshot(name, collection_name))
+    return worker_cached(("chroma-snapshot", name, collection_name), lambda: _open_snapshot(name, collection_name))[0]
 
 
-def _open_snapshot(name: str, collection_name: str) -> "Collection":
+def _open_snapshot(name: str, collection_name: str) -> tuple["Collection", str]:
+    """The collection in a private copy of snapshot ``name`` (removed at exit), and that copy's folder."""
     import atexit
 
     client, local = _snapshot_client(name)
     atexit.register(shutil.rmtree, local, True)
-    return client.get_collection(collection_name, embedding_function=None)
+    return client.get_collection(collection_name, embedding_function=None), local
 
 
 def _snapshot_client(name: str) -> tuple[Any, str]:
@@ -378,23 +482,33 @@ def open_shard_alone(cfg: ChromaConfig, ref: ShardRef, *, embedding_model: str, 
     """
     from sparkrag.models import worker_slot
 
-    def open_() -> tuple[Any, Any, str | None]:
+    def open_dir(path: str | None, snapshot: str | None) -> tuple[Any, Any, str | None]:
         local = None
-        if ref.snapshot is not None:
-            client, local = _snapshot_client(ref.snapshot)
-        elif ref.path is not None:
-            client = persistent_client(ref.path)
+        if snapshot is not None:
+            client, local = _snapshot_client(snapshot)
+        elif path is not None:
+            client = persistent_client(path)
         else:
             client = open_client(_named(cfg, ref.collection))
         collection = client.get_collection(ref.collection, embedding_function=None)
         check_collection(collection, cfg, embedding_model, dim)
         return client, collection, local
 
-    def close(held: tuple[Any, Any, str | None]) -> None:
-        if cfg.mode == "embedded":
-            held[0].close()  # stops the shard's Chroma system: its HNSW index and SQLite go
-        if held[2] is not None:
-            shutil.rmtree(held[2], ignore_errors=True)
+    def open_() -> tuple[list[tuple[Any, Any, str | None]], Any]:
+        from sparkrag.index.build import read_masked
+
+        held = [open_dir(ref.path, ref.snapshot)]
+        if ref.delta is None and ref.delta_snapshot is None:
+            return held, held[0][1]
+        held.append(open_dir(ref.delta, ref.delta_snapshot))
+        return held, SegmentedShard(held[0][1], held[1][1], read_masked(held[1][2] or ref.delta))
+
+    def close(opened: tuple[list[tuple[Any, Any, str | None]], Any]) -> None:
+        for client, _, local in opened[0]:
+            if cfg.mode == "embedded":
+                client.close()  # stops the shard's Chroma system: its HNSW index and SQLite go
+            if local is not None:
+                shutil.rmtree(local, ignore_errors=True)
 
     return worker_slot("sparkrag.partitioned.chroma", (ref, cfg.mode, cfg.host, cfg.port), open_, close)[1]
 
@@ -412,5 +526,5 @@ def make_collection_fn(cfg: ChromaConfig, *, snapshot: str | None = None, embedd
     elif snapshot is not None:
         refs = (ShardRef(cfg.collection, None, snapshot),)
     else:
-        refs = (ShardRef(cfg.collection, resolve_embedded_path(cfg)),)
+        refs = resolve_shards(cfg)
     return make_index_fn(cfg, refs, embedding_model=embedding_model, dim=dim, backoff_s=backoff_s)

@@ -6,9 +6,10 @@ stale one with the same id (a document whose title or metadata changed keeps its
 ids). Chunks go to shard ``crc32(doc_id) % N`` (:mod:`sparkrag.index.layout`).
 
 Embedded: the driver compares each shard's fingerprint of ``(chunk_id, doc_hash)`` pairs
-with the published manifest; each changed shard is rebuilt by one Spark task (its only
-writer) into a new directory (:mod:`sparkrag.index.build`), and the driver then publishes
-all of them at once by replacing the manifest. A build killed anywhere leaves the
+with the published manifest; each changed shard is brought in step by one Spark task (its
+only writer), which writes a new directory: a delta over the shard's base when the changes
+are few, else a rebuilt shard (:mod:`sparkrag.index.build`); the driver then publishes all
+of them at once by replacing the manifest. A build killed anywhere leaves the
 published index as it was; unchanged shards are not touched. Server: one task per shard
 collection brings it in step in place.
 """
@@ -139,6 +140,13 @@ def _shard_count(cfg: RagConfig, existing: int | None, n_chunks: int, parallelis
     return existing or default_shard_count(n_chunks, parallelism)
 
 
+def _compact_at(cfg: ChromaConfig) -> float:
+    if not 0 <= cfg.compact_at <= 1:
+        raise ConfigError(f"chroma.compact_at: expected a fraction in [0, 1] (0: always rebuild a changed shard), "
+                          f"got {cfg.compact_at}")
+    return float(cfg.compact_at)
+
+
 def shard_summaries(keyed: "DataFrame | None", n: int) -> tuple[list[str], list[int]]:
     """Per shard: the fingerprint and count of the table's (chunk_id, doc_hash) pairs.
 
@@ -172,7 +180,8 @@ def sync_collection(chunks: "DataFrame | None", cfg: RagConfig, *, embedding_mod
         spark: the session (default: the chunks frame's, else the active one).
 
     Returns:
-        ``{"deleted", "loaded", "total", "shards", "shards_rewritten"}``.
+        ``{"deleted", "loaded", "total", "shards", "shards_rewritten", "shards_delta"}`` (shards_delta: of
+        the rewritten shards, those written as a delta over their base).
 
     Raises:
         VectorStoreError: a shard disagrees with the table after its load (nothing is published).
@@ -197,6 +206,7 @@ def _sync(spark: "SparkSession", chunks: "DataFrame | None", cfg: RagConfig, sto
     from sparkrag.index.build import ShardTask
 
     chroma, full = cfg.chroma, cfg.ingest.full_refresh
+    compact_at = _compact_at(chroma)
     current = store.read_manifest() if store is not None else None
     manifest = None if full else current  # a full refresh rebuilds every shard from empty
     existing = manifest.shards if manifest else (None if store is not None or full else len(_server_shards(chroma)))
@@ -213,14 +223,16 @@ def _sync(spark: "SparkSession", chunks: "DataFrame | None", cfg: RagConfig, sto
         generation = (current.generation if current else 0) + 1
         hadoop = type(store) is not ShardStore
         tasks = [ShardTask(i, chroma.collection, base=manifest.dirs[i] if same_layout and not hadoop else None,
-                           target=store.new_dir(i, generation), root=None if hadoop else store.root)
+                           target=store.new_dir(i, generation), root=None if hadoop else store.root,
+                           compact_at=compact_at)
                  for i in range(n) if not same_layout or manifest.fingerprints[i] != fingerprints[i]]
     log.info("Chroma %r: %d chunks in %d shard(s); rebuilding %s", chroma.collection, sum(counts), n,
              [t.shard for t in tasks] if len(tasks) < n else "all")
     results = _run_tasks(spark, keyed, tasks, chroma, embedding_model=embedding_model, dim=dim)
     for r in results:
         log.info("shard %d: %d vectors, %d loaded, %d deleted in %.1fs (+%.1fs copying) -> %s", r["shard"], r["total"],
-                 r["loaded"], r["deleted"], r["load_seconds"], r["copy_seconds"], r["target"])
+                 r["loaded"], r["deleted"], r["load_seconds"], r["copy_seconds"],
+                 f"{r['target']} + delta {r['delta']}" if r.get("delta") else r["target"])
         if r["fingerprint"] != fingerprints[r["shard"]]:
             raise VectorStoreError(f"shard {r['shard']}: built {r['total']} vectors that differ from the chunks "
                                    f"table's {counts[r['shard']]}; the table changed during the sync? rerun")
@@ -231,7 +243,8 @@ def _sync(spark: "SparkSession", chunks: "DataFrame | None", cfg: RagConfig, sto
                  embedding_model=embedding_model, dim=dim, previous=current)
     touched = [r for r in results if r.get("target") or r["loaded"] or r["deleted"]]
     return {"deleted": sum(int(r["deleted"]) for r in results), "loaded": sum(int(r["loaded"]) for r in results),
-            "total": sum(counts), "shards": n, "shards_rewritten": len(touched)}
+            "total": sum(counts), "shards": n, "shards_rewritten": len(touched),
+            "shards_delta": sum(1 for r in results if r.get("delta"))}
 
 
 def _drop_other_server_shards(chroma: ChromaConfig, keep: list[str]) -> None:
@@ -297,6 +310,7 @@ def _publish(store: ShardStore, base: Manifest | None, results: list[dict[str, A
     from sparkrag.index.build import extract_archive
 
     dirs = list(base.dirs) if base is not None else [""] * n
+    deltas = [base.delta(i) if base is not None else "" for i in range(n)]
     for r in results:
         if r.get("archive") is not None:
             local = extract_archive(r["archive"])
@@ -304,14 +318,15 @@ def _publish(store: ShardStore, base: Manifest | None, results: list[dict[str, A
                 store.put(local, r["target"])
             finally:
                 shutil.rmtree(local, ignore_errors=True)
-        dirs[r["shard"]] = r["target"]
+        dirs[r["shard"]], deltas[r["shard"]] = r["target"], r.get("delta") or ""
     missing = [i for i, d in enumerate(dirs) if not d]
     if missing:
         raise VectorStoreError(f"shards {missing} were not built; nothing published")
     store.publish(Manifest(
         collection=chroma.collection, shards=n, dirs=tuple(dirs), fingerprints=tuple(fingerprints),
         counts=tuple(counts), embedding_model=embedding_model, embedding_dim=int(dim), space=chroma.space,
-        generation=(previous.generation if previous else 0) + 1, previous=tuple(previous.dirs) if previous else ()))
+        generation=(previous.generation if previous else 0) + 1, deltas=tuple(deltas) if any(deltas) else (),
+        previous=tuple(previous.live_dirs()) if previous else ()))
     if previous is None and is_legacy_directory(chroma.path):
         log.warning("%s also holds an unversioned (pre-shard) Chroma database: it is no longer read and can be "
                     "removed (keep %s and %s)", chroma.path, store.location, store.shards_folder)

@@ -89,13 +89,14 @@ def resolve_embedded_path(cfg: ChromaConfig) -> str:
     """The persist directory holding ``cfg.collection``: the published shard of a one-shard index, else ``cfg.path``.
 
     Raises:
-        VectorStoreError: the index has several shards (open it with ``sparkrag.index.shards``).
+        VectorStoreError: the index has several shards, or a delta (open it with ``sparkrag.index.shards``).
     """
     manifest = open_store(cfg).read_manifest() if "://" not in cfg.path else None
     if manifest is None:
         return cfg.path
-    if manifest.shards != 1:
-        raise VectorStoreError(f"collection {cfg.collection!r} in {cfg.path} has {manifest.shards} shards; "
+    if manifest.shards != 1 or manifest.delta(0):
+        what = f"{manifest.shards} shards" if manifest.shards != 1 else "a delta over its shard"
+        raise VectorStoreError(f"collection {cfg.collection!r} in {cfg.path} has {what}; "
                                "open it with sparkrag.index.shards.open_index, not one client")
     return open_store(cfg).full_path(manifest.dirs[0])
 
