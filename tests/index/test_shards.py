@@ -105,7 +105,8 @@ def test_sharded_index_returns_the_single_index_top_k_with_and_without_filters(s
     rows = corpus()
     single, sharded = rag_cfg(tmp_path / "one", shards=1), rag_cfg(tmp_path / "three", shards=3)
     assert sync(spark, rows, single) == {"deleted": 0, "loaded": len(rows), "total": len(rows), "shards": 1,
-                                         "shards_rewritten": 1, "shards_delta": 0}
+                                         "shards_rewritten": 1, "shards_delta": 0,
+                                         "rows_shipped": len(rows)}
     assert sync(spark, rows, sharded)["shards_rewritten"] == 3
     one, three = index_of(single), index_of(sharded)
     assert isinstance(three, ShardedIndex) and not isinstance(one, ShardedIndex)
@@ -152,6 +153,8 @@ def test_incremental_rerun_rewrites_only_changed_shards(spark, tmp_path, compact
     second = manifest(cfg)
     assert counts["shards_rewritten"] == len(touched) and counts["total"] == len(rows)
     assert counts["shards_delta"] == (len(touched) if compact_at else 0)
+    shipped = sum(1 for r in rows if shard_of(r[1], 4) in touched) if not compact_at else 4  # 4: the new chunks
+    assert counts["rows_shipped"] == shipped
     assert counts["loaded"] == 4 and counts["deleted"] == 8  # 4 replaced chunks + 4 of the dropped doc
     assert second["generation"] == first["generation"] + 1 and second["previous"] == first["dirs"]
     for s in range(4):
@@ -189,6 +192,7 @@ def test_delta_shards_answer_as_a_rebuilt_index(spark, tmp_path):
     rows = corpus(changed=changed, dropped=dropped)
     counts = sync(spark, rows, cfg)
     assert counts["shards_delta"] == 1 and counts["loaded"] == 32 and counts["deleted"] == 40
+    assert counts["rows_shipped"] == 32  # only the changed rows travel with their vectors
     fresh = rag_cfg(tmp_path / "fresh", shards=2)
     sync(spark, rows, fresh)
     index, want = index_of(cfg), index_of(fresh)
@@ -231,7 +235,7 @@ def test_delta_shards_answer_as_a_rebuilt_index(spark, tmp_path):
     small = rag_cfg(tmp_path / "chroma", shards=2, compact_at=0.05)
     rows = corpus(changed={**changed, shard0[11]: 7000}, dropped=dropped)
     counts = sync(spark, rows, small)
-    assert counts["shards_delta"] == 0 and counts["shards_rewritten"] == 1
+    assert counts["shards_delta"] == 0 and counts["shards_rewritten"] == 1 and counts["rows_shipped"] == 36
     third = manifest(cfg)
     assert third["deltas"] == [] and third["dirs"][0] != first["dirs"][0] and third["dirs"][1] == first["dirs"][1]
     sync(spark, rows, fresh)

@@ -110,6 +110,7 @@ def apply_rows(collection: Any, batches: Iterable["pd.DataFrame"], *, shard: int
         if not len(pdf):
             continue
         _check_shard(pdf, shard)
+        pdf = _whole_rows(pdf, seen, lambda cid, h: actual.get(cid) == h, shard)
         hashes = _doc_hashes(pdf)
         ids = pdf["chunk_id"].astype(str).tolist()
         seen.update(zip(ids, hashes))
@@ -127,6 +128,22 @@ def apply_rows(collection: Any, batches: Iterable["pd.DataFrame"], *, shard: int
     except VectorStoreError as exc:
         raise VectorStoreError(f"shard {shard}: after the load, {exc}") from exc
     return {**counts, "total": len(seen), "fingerprint": shard_fingerprint(seen), "pairs": seen}
+
+
+def _whole_rows(pdf: "pd.DataFrame", seen: dict[str, str], held: Any, shard: int) -> "pd.DataFrame":
+    """The batch's rows sent whole; the ``_narrow`` ones (keys only) go to ``seen``, and must be ``held`` as they are."""
+    if "_narrow" not in pdf.columns:
+        return pdf
+    thin = pdf["_narrow"].to_numpy(dtype=bool)
+    if thin.any():
+        part = pdf[thin]
+        pairs = dict(zip(part["chunk_id"].astype(str), _doc_hashes(part)))
+        wrong = [cid for cid, h in pairs.items() if not held(cid, h)]
+        if wrong:
+            raise VectorStoreError(f"shard {shard}: chunk {wrong[0]!r} came without its vector but the shard does not "
+                                   f"hold it ({len(wrong)} such); the shard changed during the sync? rerun")
+        seen.update(pairs)
+    return pdf[~thin]
 
 
 def _check_shard(pdf: "pd.DataFrame", shard: int) -> None:
@@ -182,6 +199,7 @@ def _split_delta(batches: Iterable["pd.DataFrame"], shard: int, base: dict[str, 
         if not len(pdf):
             continue
         _check_shard(pdf, shard)
+        pdf = _whole_rows(pdf, seen, lambda cid, h: base.get(cid) == h, shard)
         ids, hashes = pdf["chunk_id"].astype(str).tolist(), _doc_hashes(pdf)
         seen.update(zip(ids, hashes))
         need = [k for k, (cid, h) in enumerate(zip(ids, hashes)) if base.get(cid) != h]

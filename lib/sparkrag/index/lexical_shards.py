@@ -36,13 +36,15 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 from sparkrag.config import LexicalConfig
 from sparkrag.errors import VectorStoreError
 from sparkrag.index.bm25 import FieldStats
-from sparkrag.index.layout import Manifest, ShardStore, shard_column, shard_fingerprint
+from sparkrag.index.layout import Manifest, ShardStore, shard_fingerprint
 from sparkrag.index.lexical import LexicalIndex, settings_of
 from sparkrag.models import worker_cached
 
 if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
+
+    from sparkrag.index.sync import ShardSummaries
 
 __all__ = ["LexicalManifest", "LexicalRefs", "ShardedLexical", "sum_stats", "sync_lexical_index",
            "resolve_lexical", "load_published"]
@@ -328,7 +330,7 @@ def _sum_terms(spark: "SparkSession", store: LexicalStore, dirs: Sequence[str], 
 
 def sync_lexical_index(chunks: "DataFrame | None", cfg: LexicalConfig, *, chunks_version: int | None,
                        shards: int | None = None, full_refresh: bool = False,
-                       spark: "SparkSession | None" = None) -> dict[str, int]:
+                       spark: "SparkSession | None" = None, summaries: "ShardSummaries | None" = None) -> dict[str, int]:
     """Rebuild the shards whose chunks changed since the last build (each in a Spark task), then publish.
 
     Args:
@@ -336,13 +338,14 @@ def sync_lexical_index(chunks: "DataFrame | None", cfg: LexicalConfig, *, chunks
         chunks_version: its Delta version; equal to the manifest's (same settings and shard
             count) means nothing to do.
         shards: the shard count (the vector index's); default the published one, else 1.
+        summaries: the table's shard summaries, shared with the Chroma sync (else computed here).
 
     Returns:
         ``{"chunks", "shards", "shards_rebuilt", "rebuilt"}`` (rebuilt: 1 when anything was published).
     """
     from pyspark.sql import SparkSession
 
-    from sparkrag.index.sync import shard_summaries
+    from sparkrag.index.sync import ShardSummaries
 
     if not cfg.enabled:
         return {}
@@ -356,8 +359,9 @@ def sync_lexical_index(chunks: "DataFrame | None", cfg: LexicalConfig, *, chunks
     if reuse and current.chunks_version == chunks_version:
         log.info("lexical index %s is current (chunks table version %s)", cfg.path, chunks_version)
         return {"chunks": sum(current.counts), "shards": n, "shards_rebuilt": 0, "tokenized": 0, "rebuilt": 0}
-    keyed = chunks.withColumn("_shard", shard_column("doc_id", n)) if chunks is not None else None
-    fingerprints, counts = shard_summaries(keyed, n)
+    summaries = summaries or ShardSummaries(chunks)
+    keyed = summaries.keyed(n)
+    fingerprints, counts = summaries(n)
     changed = [i for i in range(n) if not reuse or current.fingerprints[i] != fingerprints[i]]
     generation = (current.generation if current else 0) + 1
     targets = {i: store.new_dir(i, generation) for i in changed}

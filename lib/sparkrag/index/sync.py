@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 __all__ = ["open_for_ingest", "sync_collection", "chroma_rows", "write_partitions_to_server", "shard_summaries",
+           "ShardSummaries",
            "run_per_shard"]
 
 log = logging.getLogger(__name__)
@@ -171,17 +173,39 @@ def shard_summaries(keyed: "DataFrame | None", n: int) -> tuple[list[str], list[
     return fingerprints, counts
 
 
+class ShardSummaries:
+    """:func:`shard_summaries` of one chunks table, once per shard count.
+
+    The ingest's Chroma and BM25 syncs share one: a single Spark aggregate per ingest.
+    """
+
+    def __init__(self, chunks: "DataFrame | None") -> None:
+        self.chunks = chunks
+        self._by_count: dict[int, tuple[list[str], list[int]]] = {}
+
+    def keyed(self, n: int) -> "DataFrame | None":
+        """The chunks with ``_shard`` for ``n`` shards."""
+        return self.chunks.withColumn("_shard", shard_column("doc_id", n)) if self.chunks is not None else None
+
+    def __call__(self, n: int) -> tuple[list[str], list[int]]:
+        if n not in self._by_count:
+            self._by_count[n] = shard_summaries(self.keyed(n), n)
+        return self._by_count[n]
+
+
 def sync_collection(chunks: "DataFrame | None", cfg: RagConfig, *, embedding_model: str, dim: int,
-                    spark: "SparkSession | None" = None) -> dict[str, int]:
+                    spark: "SparkSession | None" = None, summaries: ShardSummaries | None = None) -> dict[str, int]:
     """Rebuild the shards whose chunks changed, each in its own Spark task, verify, then publish.
 
     Args:
         chunks: the chunks table (None: there is none yet: an empty index is published).
         spark: the session (default: the chunks frame's, else the active one).
+        summaries: the table's shard summaries, when the caller shares them (else computed here).
 
     Returns:
-        ``{"deleted", "loaded", "total", "shards", "shards_rewritten", "shards_delta"}`` (shards_delta: of
-        the rewritten shards, those written as a delta over their base).
+        ``{"deleted", "loaded", "total", "shards", "shards_rewritten", "shards_delta", "rows_shipped"}``
+        (shards_delta: of the rewritten shards, those written as a delta over their base;
+        rows_shipped: chunk rows sent whole, vectors and text, to the build tasks).
 
     Raises:
         VectorStoreError: a shard disagrees with the table after its load (nothing is published).
@@ -189,19 +213,19 @@ def sync_collection(chunks: "DataFrame | None", cfg: RagConfig, *, embedding_mod
     from pyspark.sql import SparkSession
 
     spark = spark or (chunks.sparkSession if chunks is not None else SparkSession.getActiveSession())
-    chroma = cfg.chroma
+    chroma, summaries = cfg.chroma, summaries or ShardSummaries(chunks)
     if chroma.mode == "server":
-        return _sync(spark, chunks, cfg, None, embedding_model=embedding_model, dim=dim)
+        return _sync(spark, summaries, cfg, None, embedding_model=embedding_model, dim=dim)
     store = open_store(chroma, spark)
     if type(store) is ShardStore:
         from sparkrag.index.vectorstore import _exclusive_lock
 
         with _exclusive_lock(store.root, purpose="publish"):  # one ingest per index at a time
-            return _sync(spark, chunks, cfg, store, embedding_model=embedding_model, dim=dim)
-    return _sync(spark, chunks, cfg, store, embedding_model=embedding_model, dim=dim)
+            return _sync(spark, summaries, cfg, store, embedding_model=embedding_model, dim=dim)
+    return _sync(spark, summaries, cfg, store, embedding_model=embedding_model, dim=dim)
 
 
-def _sync(spark: "SparkSession", chunks: "DataFrame | None", cfg: RagConfig, store: ShardStore | None, *,
+def _sync(spark: "SparkSession", summaries: ShardSummaries, cfg: RagConfig, store: ShardStore | None, *,
           embedding_model: str, dim: int) -> dict[str, int]:
     from sparkrag.index.build import ShardTask
 
@@ -211,10 +235,11 @@ def _sync(spark: "SparkSession", chunks: "DataFrame | None", cfg: RagConfig, sto
     manifest = None if full else current  # a full refresh rebuilds every shard from empty
     existing = manifest.shards if manifest else (None if store is not None or full else len(_server_shards(chroma)))
     parallelism = max(spark.sparkContext.defaultParallelism, 1)
+    chunks = summaries.chunks
     n_chunks = chunks.count() if chunks is not None and chroma.shards is None and not existing else 0
     n = _shard_count(cfg, existing, n_chunks, parallelism)
-    keyed = chunks.withColumn("_shard", shard_column("doc_id", n)) if chunks is not None else None
-    fingerprints, counts = shard_summaries(keyed, n)
+    keyed = summaries.keyed(n)
+    fingerprints, counts = summaries(n)
     same_layout = manifest is not None and manifest.shards == n
     if store is None:
         names = server_shard_names(chroma.collection, n)
@@ -228,7 +253,7 @@ def _sync(spark: "SparkSession", chunks: "DataFrame | None", cfg: RagConfig, sto
                  for i in range(n) if not same_layout or manifest.fingerprints[i] != fingerprints[i]]
     log.info("Chroma %r: %d chunks in %d shard(s); rebuilding %s", chroma.collection, sum(counts), n,
              [t.shard for t in tasks] if len(tasks) < n else "all")
-    results = _run_tasks(spark, keyed, tasks, chroma, embedding_model=embedding_model, dim=dim)
+    results, whole = _run_tasks(spark, keyed, tasks, chroma, embedding_model=embedding_model, dim=dim)
     for r in results:
         log.info("shard %d: %d vectors, %d loaded, %d deleted in %.1fs (+%.1fs copying) -> %s", r["shard"], r["total"],
                  r["loaded"], r["deleted"], r["load_seconds"], r["copy_seconds"],
@@ -244,7 +269,8 @@ def _sync(spark: "SparkSession", chunks: "DataFrame | None", cfg: RagConfig, sto
     touched = [r for r in results if r.get("target") or r["loaded"] or r["deleted"]]
     return {"deleted": sum(int(r["deleted"]) for r in results), "loaded": sum(int(r["loaded"]) for r in results),
             "total": sum(counts), "shards": n, "shards_rewritten": len(touched),
-            "shards_delta": sum(1 for r in results if r.get("delta"))}
+            "shards_delta": sum(1 for r in results if r.get("delta")),
+            "rows_shipped": whole if whole is not None else sum(counts[t.shard] for t in tasks)}
 
 
 def _drop_other_server_shards(chroma: ChromaConfig, keep: list[str]) -> None:
@@ -290,8 +316,13 @@ def run_per_shard(spark: "SparkSession", rows: "DataFrame | None", shards: list[
 
 
 def _run_tasks(spark: "SparkSession", keyed: "DataFrame | None", tasks: list[Any], chroma: ChromaConfig, *,
-               embedding_model: str, dim: int) -> list[dict[str, Any]]:
-    """One Spark task per shard task; each builds its Chroma shard (:mod:`sparkrag.index.build`)."""
+               embedding_model: str, dim: int) -> tuple[list[dict[str, Any]], int | None]:
+    """One Spark task per shard task; each builds its Chroma shard (:mod:`sparkrag.index.build`).
+
+    Returns:
+        The tasks' results, and how many rows travelled whole when only the changed ones did
+        (None: every row did).
+    """
     from sparkrag.index.build import RESULT_SCHEMA, build_shard
 
     by_shard = {t.shard: t for t in tasks}
@@ -299,8 +330,52 @@ def _run_tasks(spark: "SparkSession", keyed: "DataFrame | None", tasks: list[Any
     def build(shard: int, batches: Iterator["pd.DataFrame"]) -> dict[str, Any]:
         return build_shard(by_shard[shard], batches, chroma, embedding_model=embedding_model, dim=dim)
 
-    rows = chroma_rows(keyed) if keyed is not None else None
-    return run_per_shard(spark, rows, [t.shard for t in tasks], build, RESULT_SCHEMA)
+    rows, whole, cached = (chroma_rows(keyed), None, None) if keyed is not None else (None, None, None)
+    if keyed is not None and tasks:
+        rows, whole, cached = _changed_rows_whole(keyed, tasks) or (rows, None, None)
+    try:
+        return run_per_shard(spark, rows, [t.shard for t in tasks], build, RESULT_SCHEMA), whole
+    finally:
+        if cached is not None:
+            cached.unpersist()
+
+
+# A delta build needs the vectors and text of the changed rows only. Their keys are broadcast
+# to pick them (the driver handles at most this many); past it every row travels whole.
+MAX_BROADCAST_CHANGES = 200_000
+
+
+def _changed_rows_whole(keyed: "DataFrame", tasks: list[Any]) -> "tuple[DataFrame, int, DataFrame] | None":
+    """Rows for delta builds: the rows a shard's base lacks in full, every other one as ``(chunk_id, doc_hash)``.
+
+    Only when every task has a base with its pairs file (an embedded store on a POSIX path)
+    and may write a delta. The shuffle to the tasks then carries the vectors and text of the
+    changed rows, not of the whole shard. Rows are told apart by ``_narrow``.
+
+    Returns:
+        (rows, rows sent whole, the cached frame of changed keys to unpersist), or None.
+    """
+    from pyspark.sql import functions as F
+
+    from sparkrag.index.build import PAIRS_FILE
+
+    paths = [os.path.join(t.root, t.base, PAIRS_FILE) for t in tasks if t.root and t.base and t.compact_at > 0]
+    if len(paths) < len(tasks) or not all(os.path.isfile(p) for p in paths):
+        return None
+    base = keyed.sparkSession.read.parquet(*[f"file://{p}" for p in paths])
+    narrow = keyed.where(F.col("_shard").isin([t.shard for t in tasks])).select("chunk_id", "doc_hash", "_shard")
+    changed = narrow.join(base, ["chunk_id", "doc_hash"], "left_anti").select("chunk_id", "doc_hash").cache()
+    n_changed = changed.count()
+    if n_changed > MAX_BROADCAST_CHANGES:
+        changed.unpersist()
+        return None
+    wide = chroma_rows(keyed)
+    whole = wide.join(F.broadcast(changed), ["chunk_id", "doc_hash"], "left_semi")
+    keep = {"chunk_id", "doc_hash", "_shard"}
+    thin = narrow.join(F.broadcast(changed), ["chunk_id", "doc_hash"], "left_anti").select(
+        *[F.col(f.name) if f.name in keep else F.lit(None).cast(f.dataType).alias(f.name) for f in wide.schema.fields])
+    rows = whole.withColumn("_narrow", F.lit(False)).unionByName(thin.withColumn("_narrow", F.lit(True)))
+    return rows, n_changed, changed
 
 
 def _publish(store: ShardStore, base: Manifest | None, results: list[dict[str, Any]], fingerprints: list[str],

@@ -212,14 +212,17 @@ def _ingest(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
         rec.input_versions[names.chunks] = tables.version(names.chunks)
     with rec.stage("chroma_load"):
         chunks = tables.read(names.chunks) if tables.exists(names.chunks) else None
-        sync = chroma_sync.sync_collection(chunks, cfg, embedding_model=model_id, dim=dim, spark=spark)
+        summaries = chroma_sync.ShardSummaries(chunks)  # per-shard fingerprints: one aggregate for both indexes
+        sync = chroma_sync.sync_collection(chunks, cfg, embedding_model=model_id, dim=dim, spark=spark,
+                                           summaries=summaries)
         rec.counts.update({f"chroma_{k}": v for k, v in sync.items()})
     if cfg.lexical.enabled:
         from sparkrag.index.lexical_shards import sync_lexical_index
 
         with rec.stage("lexical_index"):  # sharded as the vector index is: shard i of both holds the same documents
             built = sync_lexical_index(chunks, cfg.lexical, chunks_version=rec.input_versions.get(names.chunks),
-                                       shards=sync["shards"], full_refresh=cfg.ingest.full_refresh, spark=spark)
+                                       shards=sync["shards"], full_refresh=cfg.ingest.full_refresh, spark=spark,
+                                       summaries=summaries)
             rec.counts.update({f"lexical_{k}": v for k, v in built.items()})
     for cached in (valid, bad, plan["existing"]):
         cached.unpersist()
