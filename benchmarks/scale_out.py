@@ -252,9 +252,11 @@ def run_phase(size: int, phase: str, args: argparse.Namespace, root: str) -> dic
         out[phase] = {"wall_s": seconds, "stage_s": stage, "questions_per_s": record["counts"]["answers"] / stage,
                       "errors": record["counts"].get("errors", 0), "access": record["outputs"]["shard_access"]}
     elif phase == "incremental":
+        # Picked by a hash unrelated to the shard (crc32(doc_id) % shards): changes land in every shard.
+        pick = F.conv(F.substring(F.sha2(F.concat(F.lit("change:"), "doc_id"), 256), 1, 8), 16, 10).cast("long") % 200
         doc_ids = tables.read(cfg.names.documents).select("doc_id")
-        changed = doc_ids.where((F.crc32("doc_id") % 200) < 2).withColumn("_change", F.lit("changed"))  # 1%
-        deleted = doc_ids.where((F.crc32("doc_id") % 200) == 2).withColumn("_change", F.lit("deleted"))  # 0.5%
+        changed = doc_ids.where(pick < 2).withColumn("_change", F.lit("changed"))  # 1%
+        deleted = doc_ids.where(pick == 2).withColumn("_change", F.lit("deleted"))  # 0.5%
         touched = changed.unionByName(deleted).cache()
         counts = {r["_change"]: r["count"] for r in touched.groupBy("_change").count().collect()}
         new_docs, new_chunks = _tiled(spark, base, copies, cfg, tag="v2")  # new text, hash and vectors
@@ -267,6 +269,8 @@ def run_phase(size: int, phase: str, args: argparse.Namespace, root: str) -> dic
         out["incremental"] = {"documents_changed": counts.get("changed", 0),
                               "documents_deleted": counts.get("deleted", 0), "stages": record["stage_seconds"],
                               "chroma_shards_rewritten": record["counts"].get("chroma_shards_rewritten"),
+                              "chroma_shards_delta": record["counts"].get("chroma_shards_delta"),
+                              "chroma_rows_shipped": record["counts"].get("chroma_rows_shipped"),
                               "chroma_loaded": record["counts"].get("chroma_loaded"),
                               "lexical_tokenized": record["counts"].get("lexical_tokenized")}
     elif phase == "raw_add":

@@ -33,7 +33,7 @@ from sparkrag.pipelines.runs import RunRecorder, new_run_id, rejects_frame, writ
 from sparkrag.schemas import CHUNKS_SCHEMA, require_columns
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
     from sparkrag.delta import Tables
 
@@ -78,18 +78,36 @@ def prepare_documents(df: "DataFrame", cfg: RagConfig, *, table: str) -> tuple["
         (valid, bad): ``valid`` has doc_id, text, title, metadata, doc_hash; ``bad`` has
         the input columns plus ``_reason`` and ``_column``.
     """
-    from pyspark.sql import Window
+    return split_documents(check_documents(df, cfg, table=table), cfg)
+
+
+def _normalised(cfg: RagConfig) -> dict[str, "Column"]:
+    """doc_id, text, title and metadata of a documents row, as the job uses them."""
     from pyspark.sql import functions as F
 
-    _check_input(df, cfg, table)
     cols = cfg.documents
     meta_keys = sorted(cols.metadata)
     metadata = (F.map_from_arrays(F.array(*[F.lit(k) for k in meta_keys]),
                                   F.array(*[F.col(f"`{k}`").cast("string") for k in meta_keys]))
                 if meta_keys else F.lit(None).cast("map<string,string>"))
     title = F.col(f"`{cols.title}`").cast("string") if cols.title else F.lit(None).cast("string")
-    doc_id = F.col(f"`{cols.id}`").cast("string")
-    text = F.col(f"`{cols.text}`")
+    return {"doc_id": F.col(f"`{cols.id}`").cast("string"), "text": F.col(f"`{cols.text}`"), "title": title,
+            "metadata": metadata}
+
+
+def check_documents(df: "DataFrame", cfg: RagConfig, *, table: str) -> "DataFrame":
+    """The input rows with ``_reason`` and ``_column`` (null for a valid row) and ``doc_hash`` (valid rows).
+
+    One frame that both halves of :func:`split_documents` read: cache it and the documents
+    are read, checked and hashed once.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    _check_input(df, cfg, table)
+    cols = cfg.documents
+    doc = _normalised(cfg)
+    doc_id, text = doc["doc_id"], doc["text"]
     dupes = F.count(F.lit(1)).over(Window.partitionBy(doc_id))
     # F.trim strips spaces only: "\n\t" would pass, chunk to nothing and look new on every run.
     blank = r"(?U)^\s*$"
@@ -109,14 +127,22 @@ def prepare_documents(df: "DataFrame", cfg: RagConfig, *, table: str) -> tuple["
     column = (column.when(doc_id.isNull() | doc_id.rlike(blank) | (dupes > 1), F.lit(cols.id))
               .otherwise(F.lit(cols.text)))
     checked = df.withColumn("_reason", reason).withColumn("_column", F.when(F.col("_reason").isNotNull(), column))
-    bad = checked.where(F.col("_reason").isNotNull())
-    # The rejects table gets the row with its bad bytes replaced by U+FFFD, so that it stays readable.
-    bad = bad.withColumns({name: F.decode(F.encode(F.col(f"`{name}`"), "UTF-8"), "UTF-8") for name, _ in undecodable})
     fingerprint = settings_fingerprint(cfg)
-    valid = checked.where(F.col("_reason").isNull()).select(
-        doc_id.alias("doc_id"), text.alias("text"), title.alias("title"), metadata.alias("metadata"))
-    valid = valid.withColumn("doc_hash", F.sha2(F.concat_ws("\u0001", F.lit(fingerprint), F.to_json(
-        F.struct("text", "title", F.to_json("metadata").alias("m")))), 256))
+    doc_hash = F.sha2(F.concat_ws("\u0001", F.lit(fingerprint), F.to_json(
+        F.struct(text.alias("text"), doc["title"].alias("title"), F.to_json(doc["metadata"]).alias("m")))), 256)
+    return checked.withColumn("doc_hash", F.when(F.col("_reason").isNull(), doc_hash))
+
+
+def split_documents(checked: "DataFrame", cfg: RagConfig) -> tuple["DataFrame", "DataFrame"]:
+    """(valid, bad) rows of :func:`check_documents`' frame, as :func:`prepare_documents` returns them."""
+    from pyspark.sql import functions as F
+
+    doc = _normalised(cfg)
+    bad = checked.where(F.col("_reason").isNotNull()).drop("doc_hash")
+    # The rejects table gets the row with its bad bytes replaced by U+FFFD, so that it stays readable.
+    bad = bad.withColumns({name: F.decode(F.encode(F.col(f"`{name}`"), "UTF-8"), "UTF-8")
+                           for name, _ in _undecodable_columns(bad, cfg)})
+    valid = checked.where(F.col("_reason").isNull()).select(*[c.alias(k) for k, c in doc.items()], "doc_hash")
     return valid, bad
 
 
@@ -185,12 +211,13 @@ def _ingest(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
     names = cfg.names
     rec.input_versions[names.documents] = tables.version(names.documents)
     raw = tables.read(names.documents)
-    valid, bad = prepare_documents(raw, cfg, table=names.documents)
+    checked = check_documents(raw, cfg, table=names.documents)
     chroma_sync.open_for_ingest(cfg, embedding_model=model_id, dim=dim, full_refresh=cfg.ingest.full_refresh)
     with rec.stage("plan"):
-        rec.counts["duplicate_pairs_healed"] = _heal_duplicate_chunks(tables, cfg)
-        valid, bad = valid.cache(), bad.cache()  # both feed the plan, the rejects and the embed stage
-        plan = _plan(tables, cfg, valid, bad)
+        checked = checked.cache()  # read, checked and hashed once: it feeds the plan, the rejects and the embeds
+        valid, bad = split_documents(checked, cfg)
+        existing, rec.counts["duplicate_pairs_healed"], pairs = _existing_pairs(tables, cfg)
+        plan = _plan(cfg, valid, bad, existing)
         rec.counts.update(plan["counts"])
     with rec.stage("rejects"):
         bad_rows = rejects_frame(bad, run_id=rec.run_id, job="ingest", source_table=names.documents,
@@ -224,51 +251,48 @@ def _ingest(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
                                        shards=sync["shards"], full_refresh=cfg.ingest.full_refresh, spark=spark,
                                        summaries=summaries)
             rec.counts.update({f"lexical_{k}": v for k, v in built.items()})
-    for cached in (valid, bad, plan["existing"]):
+    for cached in (checked, pairs):
         cached.unpersist()
     rec.metrics["chunks_per_second"] = rec.counts["chunks_embedded"] / max(rec.stage_seconds["chunk_embed_write"], 1e-9)
     log.info("ingest run %s done: %s", rec.run_id, rec.counts)
 
 
-def _heal_duplicate_chunks(tables: "Tables", cfg: RagConfig) -> int:
-    """Delete every chunk of each ``(doc_id, doc_hash)`` holding a repeated chunk; returns the pair count.
+def _existing_pairs(tables: "Tables", cfg: RagConfig) -> tuple["DataFrame", int, "DataFrame"]:
+    """The chunks table's ``(doc_id, doc_hash)`` pairs after healing repeated chunks, the healed count, and the
+    cached frame behind the pairs (unpersist it when done).
 
     Overlapping runs of an older sparkrag (or any writer outside the lock) leave a chunk
     twice. One delete commit removes those documents' chunks (atomic: no document is left
-    half there), so the plan that follows sees them missing and embeds them once more.
+    half there), so the plan sees them missing and embeds them once more. A chunk id
+    belongs to one document (it hashes the doc_id), so a pair holds a repeated chunk exactly
+    when it has more rows than distinct chunk ids: one aggregate finds both.
     """
     from pyspark.sql import functions as F
 
     if cfg.ingest.full_refresh or not tables.exists(cfg.names.chunks):
-        return 0
+        none = tables.spark.createDataFrame([], "doc_id string, doc_hash string")
+        return none, 0, none
     chunks = tables.read(cfg.names.chunks)
     # The same chunk under the same doc_hash twice is a duplicate; one chunk id under two
     # hashes is a document mid-change (a run killed before its stale-pair delete), which the
     # plan's stale pairs resolve without re-embedding anything.
-    repeated = (chunks.groupBy("chunk_id", "doc_hash").count().where(F.col("count") > 1)
-                .select("chunk_id", "doc_hash"))
-    pairs = chunks.join(repeated, ["chunk_id", "doc_hash"]).select("doc_id", "doc_hash").distinct().cache()
-    found = pairs.count()
+    pairs = (chunks.groupBy("doc_id", "doc_hash")
+             .agg((F.count(F.lit(1)) > F.countDistinct("chunk_id")).alias("_repeated")).cache())
+    repeated = pairs.where("_repeated").select("doc_id", "doc_hash")
+    found = repeated.count()
     if found:
-        out = tables.delete_keys(pairs, cfg.names.chunks, keys=["doc_id", "doc_hash"])
+        out = tables.delete_keys(repeated, cfg.names.chunks, keys=["doc_id", "doc_hash"])
         log.warning("chunks table %s held repeated chunk ids (an earlier overlapping run): deleted the %s chunks "
                     "of %d document version(s), which this run embeds again", cfg.names.chunks,
                     out.get("num_target_rows_deleted", "?"), found)
-    pairs.unpersist()
-    return found
+    return pairs.where(~F.col("_repeated")).select("doc_id", "doc_hash"), found, pairs
 
 
-def _plan(tables: "Tables", cfg: RagConfig, valid: "DataFrame", bad: "DataFrame") -> dict[str, Any]:
+def _plan(cfg: RagConfig, valid: "DataFrame", bad: "DataFrame", existing: "DataFrame") -> dict[str, Any]:
     """Which documents to embed and which (doc_id, doc_hash) pairs of the chunks table are stale."""
     from pyspark.sql import functions as F
 
     current = valid.select("doc_id", "doc_hash")
-    exists = tables.exists(cfg.names.chunks)
-    if cfg.ingest.full_refresh or not exists:
-        existing = current.limit(0)
-    else:
-        existing = tables.read(cfg.names.chunks).select("doc_id", "doc_hash").distinct()
-    existing = existing.cache()
     to_embed = valid.join(existing, ["doc_id", "doc_hash"], "left_anti")
     rejected_ids = bad.select(F.col(f"`{cfg.documents.id}`").cast("string").alias("doc_id")).distinct()
     # A rejected document keeps its old chunks: bad input must not delete good data.
@@ -276,9 +300,7 @@ def _plan(tables: "Tables", cfg: RagConfig, valid: "DataFrame", bad: "DataFrame"
     counts = _plan_counts(current, existing, rejected_ids)
     counts["documents_read"] = counts["documents_valid"] + bad.count()
     log.info("ingest plan: %s", counts)
-    if cfg.ingest.full_refresh and exists:
-        counts["stale_pairs"] = 0  # the overwrite below replaces the whole table
-    return {"to_embed": to_embed, "stale": stale, "existing": existing, "counts": counts}
+    return {"to_embed": to_embed, "stale": stale, "counts": counts}
 
 
 def _plan_counts(current: "DataFrame", existing: "DataFrame", rejected_ids: "DataFrame") -> dict[str, int]:
