@@ -313,7 +313,7 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
     root = tempfile.mkdtemp(prefix=f"scale-out-{size}-", dir=args.workdir)
     result: dict[str, Any] = {"size": size, "memory_mib": {}}
     try:
-        for phase in CHILD_PHASES:
+        for phase in [p for p in CHILD_PHASES if p in args.phases]:
             out, peaks = _child(size, phase, args, root)
             result.update(out)
             for name, p in peaks.items():
@@ -328,23 +328,28 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(results: list[dict[str, Any]]) -> None:
+    """One line per size (a phase not run prints nan), then the largest size against the smallest."""
+    nan = float("nan")
     base = results[0]
     print("\nsize     chunks   shards  ingest_s  incr_s (ratio)  chroma v/s (raw v/s)  q/s repl  q/s part (ratio)"
           "  driver MiB ingest/answer  worker MiB repl/part")
     for r in results:
-        m = r["memory_mib"]
-        repl, part = r["answer_replicated"]["questions_per_s"], r["answer_partitioned"]["questions_per_s"]
-        print(f"{r['size']:>8} {r['chunks']:>8} {r['shards']:>6} {r['ingest_s']:>9.1f} {r['incremental_s']:>7.1f} "
-              f"({r['incremental_s'] / r['ingest_s']:.2f})  {r['chroma_vectors_per_s']:>8.0f} ({r['raw_add_vectors_per_s']:.0f})"
+        m = {k: v for k, v in r["memory_mib"].items()}
+        mem = lambda phase, key: m.get(phase, {}).get(key, nan)  # noqa: E731
+        repl, part = (r.get(k, {}).get("questions_per_s", nan) for k in ("answer_replicated", "answer_partitioned"))
+        incr = r.get("incremental_s", nan)
+        print(f"{r['size']:>8} {r['chunks']:>8} {r['shards']:>6} {r['ingest_s']:>9.1f} {incr:>7.1f} "
+              f"({incr / r['ingest_s']:.2f})  {r['chroma_vectors_per_s']:>8.0f} ({r.get('raw_add_vectors_per_s', nan):.0f})"
               f"  {repl:>8.2f}  {part:>8.2f} ({part / repl:.2f})  "
-              f"{m['ingest']['driver']:>6.0f} / {m['answer_replicated']['driver']:>6.0f}"
-              f"  {m['answer_replicated']['worker_max']:>6.0f} / {m['answer_partitioned']['worker_max']:>6.0f}")
+              f"{mem('ingest', 'driver'):>6.0f} / {mem('answer_replicated', 'driver'):>6.0f}"
+              f"  {mem('answer_replicated', 'worker_max'):>6.0f} / {mem('answer_partitioned', 'worker_max'):>6.0f}")
     last = results[-1]
-    peak = lambda r: max(r["memory_mib"][k]["driver"] for k in ("ingest", "answer_replicated", "answer_partitioned",  # noqa: E731
-                                                                   "incremental"))
+    peak = lambda r: max(v["driver"] for k, v in r["memory_mib"].items() if k != "raw_add")  # noqa: E731
     print(f"\n{last['size']} vs {base['size']} chunks: driver peak RSS {peak(last):.0f} vs {peak(base):.0f} MiB "
-          f"({peak(last) / peak(base):.2f}x); index on disk {last['index_bytes'] / 2**20:.0f} MiB in "
-          f"{last['shards']} shards ({last['index_bytes'] / last['shards'] / 2**20:.0f} MiB per shard)")
+          f"({peak(last) / peak(base):.2f}x)")
+    if "index_bytes" in last:
+        print(f"index on disk {last['index_bytes'] / 2**20:.0f} MiB in {last['shards']} shards "
+              f"({last['index_bytes'] / last['shards'] / 2**20:.0f} MiB per shard)")
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -354,11 +359,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--chunks-per-shard", type=int, default=100_000)
     parser.add_argument("--raw-vectors", type=int, default=50_000, help="vectors in the raw collection.add baseline")
     parser.add_argument("--sample-s", type=float, default=1.0)
+    parser.add_argument("--phases", nargs="+", choices=CHILD_PHASES, default=list(CHILD_PHASES),
+                        help="phases to run per size (ingest always runs: every size starts from an empty root)")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "sparkrag-scale-out"))
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.phases = sorted({"ingest", *args.phases}, key=CHILD_PHASES.index)
     os.makedirs(args.workdir, exist_ok=True)
     if args.child:
         print("RESULT " + json.dumps(run_phase(args.child, args.phase, args, args.root)), flush=True)

@@ -259,7 +259,7 @@ class SegmentedShard:
             todo, k = again, min(2 * k, n_results + len(self.masked))
         out: dict[str, Any] = {"ids": [], **{key: [] for key in wanted}}
         for j in range(len(q)):
-            hits = sorted([(d, 0, r) for r, d in enumerate(base[j]["distances"])]
+            hits = sorted([(float(d), 0, r) for r, d in enumerate(base[j]["distances"])]
                           + [(float(d), 1, r) for r, d in enumerate(delta["distances"][j])])[:n_results]
             parts = (base[j], {key: delta[key][j] for key in ("ids", *asked)})
             out["ids"].append([parts[seg]["ids"][r] for _, seg, r in hits])
