@@ -48,8 +48,7 @@ def test_sharded_sync_scores_like_one_index_and_rebuilds_only_changed_shards(spa
     rows = sample_rows()
     chunks = spark.createDataFrame(rows, SCHEMA)
     out = sync_lexical_index(chunks, cfg, chunks_version=1, shards=4)
-    assert out == {"chunks": len(rows), "shards": 4, "shards_rebuilt": 4, "tokenized": len(rows), "rebuilt": 1,
-                   "rows_shipped": len(rows)}
+    assert out == {"chunks": len(rows), "shards": 4, "shards_rebuilt": 4, "tokenized": len(rows), "rebuilt": 1}
     published = load_published(cfg.path)
     assert sorted(published.ids) == sorted(r[0] for r in rows)
     assert all(shard_of(m["doc_id"], 4) == s for s, shard in enumerate(published.shards) for m in shard.metadatas)
@@ -66,7 +65,6 @@ def test_sharded_sync_scores_like_one_index_and_rebuilds_only_changed_shards(spa
     touched = {shard_of(changed, 4), shard_of(deleted, 4)}
     assert out["shards_rebuilt"] == len(touched) and out["chunks"] == len(edited)
     assert out["tokenized"] == 1  # the changed chunk; the rest of its shard kept its postings
-    assert out["rows_shipped"] == 1  # and only it travelled with its text (the rest: the shards' pairs files)
     second = shard_dirs(cfg.path)
     assert {i for i in range(4) if second[i] != first[i]} == touched
     again = load_published(cfg.path)
@@ -89,7 +87,7 @@ def test_reshard_settings_change_and_empty_table(spark, tmp_path):
     out = sync_lexical_index(chunks, LexicalConfig(path=cfg.path, stemmer=""), chunks_version=1, shards=3)
     assert out["shards_rebuilt"] == 3 and load_published(cfg.path).settings["stemmer"] == ""
     out = sync_lexical_index(None, cfg, chunks_version=None, shards=3)
-    assert out == {"chunks": 0, "shards": 3, "shards_rebuilt": 3, "tokenized": 0, "rebuilt": 1, "rows_shipped": 0}
+    assert out == {"chunks": 0, "shards": 3, "shards_rebuilt": 3, "tokenized": 0, "rebuilt": 1}
     assert load_published(cfg.path).query(["Beyonce"], n_results=3)["ids"] == [[]]
 
 

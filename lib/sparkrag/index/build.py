@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["ShardTask", "RESULT_SCHEMA", "PAIRS_FILE", "MASKED_FILE", "build_shard", "apply_rows", "extract_archive",
-           "read_masked", "write_pairs"]
+           "read_masked"]
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def apply_rows(collection: Any, batches: Iterable["pd.DataFrame"], *, shard: int
                batch_size: int | None, seen: dict[str, str] | None = None) -> dict[str, Any]:
     """Make ``collection`` hold exactly the rows streamed in ``batches`` (``WRITE_COLUMNS`` + doc_hash + _shard).
 
-    ``seen``: pairs of rows not in ``batches`` that the collection holds as they are.
+    ``seen``: pairs of rows already streamed elsewhere that the collection holds as they are.
 
     Returns:
         ``{"deleted", "loaded", "total", "fingerprint", "pairs"}`` (pairs: chunk_id -> doc_hash).
@@ -110,6 +110,7 @@ def apply_rows(collection: Any, batches: Iterable["pd.DataFrame"], *, shard: int
         if not len(pdf):
             continue
         _check_shard(pdf, shard)
+        pdf = _whole_rows(pdf, seen, lambda cid, h: actual.get(cid) == h, shard)
         hashes = _doc_hashes(pdf)
         ids = pdf["chunk_id"].astype(str).tolist()
         seen.update(zip(ids, hashes))
@@ -129,13 +130,29 @@ def apply_rows(collection: Any, batches: Iterable["pd.DataFrame"], *, shard: int
     return {**counts, "total": len(seen), "fingerprint": shard_fingerprint(seen), "pairs": seen}
 
 
+def _whole_rows(pdf: "pd.DataFrame", seen: dict[str, str], held: Any, shard: int) -> "pd.DataFrame":
+    """The batch's rows sent whole; the ``_narrow`` ones (keys only) go to ``seen``, and must be ``held`` as they are."""
+    if "_narrow" not in pdf.columns:
+        return pdf
+    thin = pdf["_narrow"].to_numpy(dtype=bool)
+    if thin.any():
+        part = pdf[thin]
+        pairs = dict(zip(part["chunk_id"].astype(str), _doc_hashes(part)))
+        wrong = [cid for cid, h in pairs.items() if not held(cid, h)]
+        if wrong:
+            raise VectorStoreError(f"shard {shard}: chunk {wrong[0]!r} came without its vector but the shard does not "
+                                   f"hold it ({len(wrong)} such); the shard changed during the sync? rerun")
+        seen.update(pairs)
+    return pdf[~thin]
+
+
 def _check_shard(pdf: "pd.DataFrame", shard: int) -> None:
     if (pdf["_shard"] != shard).any():
         raise VectorStoreError(f"shard {shard}: got rows of shard(s) {sorted(set(pdf['_shard']) - {shard})}; "
                                "one task must see exactly one shard")
 
 
-def write_pairs(directory: str, pairs: dict[str, str]) -> None:
+def _write_pairs(directory: str, pairs: dict[str, str]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -165,7 +182,7 @@ def read_masked(directory: str) -> frozenset[str]:
 class _Split:
     """A shard's rows against its base: what a delta would hold, or (``fits`` False) what compaction applies."""
 
-    seen: dict[str, str]  # every row's pair (streamed, or kept from the base)
+    seen: dict[str, str]  # every streamed row's pair
     changed: list["pd.DataFrame"]  # rows the base lacks or holds with another hash
     rest: Iterator["pd.DataFrame"]  # rows not streamed yet (compaction only)
     masked: list[str]
@@ -173,37 +190,24 @@ class _Split:
 
 
 def _split_delta(batches: Iterable["pd.DataFrame"], shard: int, base: dict[str, str], limit: float) -> _Split:
-    """The shard's rows against its base: every row (stops once the changes pass ``limit``: the task
-    compacts), or only the changed rows and the base's ids to hide (``_masked``, from
-    :func:`~sparkrag.index.sync.delta_rows`)."""
+    """Stream rows until the changes pass ``limit`` (then stop: the task compacts) or the rows end."""
     seen: dict[str, str] = {}
-    hidden: set[str] = set()
     changed: list["pd.DataFrame"] = []
-    n_changed, only_changes = 0, False
+    n_changed = 0
     stream = iter(batches)
     for pdf in stream:
         if not len(pdf):
             continue
         _check_shard(pdf, shard)
-        if "_masked" in pdf.columns:
-            only_changes = True
-            flag = pdf["_masked"].to_numpy(dtype=bool)
-            hidden.update(pdf.loc[flag, "chunk_id"].astype(str))
-            pdf = pdf[~flag]
+        pdf = _whole_rows(pdf, seen, lambda cid, h: base.get(cid) == h, shard)
         ids, hashes = pdf["chunk_id"].astype(str).tolist(), _doc_hashes(pdf)
         seen.update(zip(ids, hashes))
         need = [k for k, (cid, h) in enumerate(zip(ids, hashes)) if base.get(cid) != h]
         if need:
             changed.append(pdf.iloc[need])
             n_changed += len(need)
-        if n_changed > limit and not only_changes:
+        if n_changed > limit:
             return _Split(seen, changed, stream, [], fits=False)
-    if only_changes:
-        strays = sorted(hidden - base.keys())
-        if strays:
-            raise VectorStoreError(f"shard {shard}: asked to hide {strays[0]!r}, which its base does not hold "
-                                   f"({len(strays)} such); the base changed during the sync? rerun")
-        seen = {**{cid: h for cid, h in base.items() if cid not in hidden}, **seen}  # the rows not sent
     masked = sorted(cid for cid, h in base.items() if seen.get(cid) != h)
     return _Split(seen, changed, iter(()), masked, fits=n_changed + len(masked) <= limit)
 
@@ -258,7 +262,7 @@ def build_shard(task: ShardTask, batches: Iterable["pd.DataFrame"], cfg: ChromaC
         copied = time.perf_counter()
         result.update(_load_staging(staging, named, batches, task.shard, embedding_model=embedding_model, dim=dim,
                                     seen=seen))
-        write_pairs(staging, result.pop("pairs"))
+        _write_pairs(staging, result.pop("pairs"))
         loaded = time.perf_counter()
         result["target"] = _copy_out(staging, task, result)
         result.update(load_seconds=loaded - copied, copy_seconds=(copied - start) + (time.perf_counter() - loaded))

@@ -270,18 +270,11 @@ def _build_shard(shard: int, target: str, base: str | None, root: str, cfg: Lexi
     they are (their postings reused), only new or changed chunks are tokenized."""
     from sparkrag.index.vectorstore import DOC_HASH_KEY, to_chroma_metadata
 
-    from sparkrag.index.build import write_pairs
-
     store = LexicalStore(root)
     old = LexicalIndex.load(store.full_path(base)) if base is not None else None
     held = {cid: m.get(DOC_HASH_KEY) for cid, m in zip(old.ids, old.metadatas)} if old is not None else {}
     ids, texts, metas, pairs = [], [], [], {}
-    hidden: set[str] | None = None  # with only the changed rows sent: the base's ids to drop
     for pdf in batches:
-        if "_masked" in pdf.columns:
-            flag = pdf["_masked"].to_numpy(dtype=bool)
-            hidden = (hidden or set()) | set(pdf.loc[flag, "chunk_id"].astype(str))
-            pdf = pdf[~flag]
         for cid, text, doc, idx, title, meta, doc_hash in zip(
                 pdf["chunk_id"], pdf["text"], pdf["doc_id"], pdf["chunk_index"], pdf["title"], pdf["metadata"],
                 pdf["doc_hash"]):
@@ -295,8 +288,6 @@ def _build_shard(shard: int, target: str, base: str | None, root: str, cfg: Lexi
             texts.append(text or "")
             metas.append(to_chroma_metadata(doc, None if idx is None else int(idx), title if isinstance(title, str)
                                             else None, dict(meta) if meta is not None else None))
-    if hidden is not None:  # the rows not sent are the base's, as they are
-        pairs = {**{cid: h for cid, h in held.items() if cid not in hidden}, **pairs}
     if old is None:
         index = LexicalIndex.build(ids, texts, metas, cfg)
     else:
@@ -305,7 +296,6 @@ def _build_shard(shard: int, target: str, base: str | None, root: str, cfg: Lexi
     final = f"{target}-{uuid.uuid4().hex[:4]}"  # a retried attempt must not collide with an earlier one
     try:
         index.save(staging)
-        write_pairs(staging, {cid: str(h) for cid, h in pairs.items()})  # the next sync's delta_rows reads it
         store.put(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -315,31 +305,17 @@ def _build_shard(shard: int, target: str, base: str | None, root: str, cfg: Lexi
 
 
 def _build_tasks(spark: "SparkSession", keyed: "DataFrame | None", shards: list[int], targets: dict[int, str],
-                 bases: dict[int, str], root: str, cfg: LexicalConfig) -> tuple[list[dict[str, Any]], int | None]:
-    """One Spark task per shard of ``shards``; with every base's pairs file, only the changed rows travel whole.
-
-    Returns:
-        The tasks' results, and how many rows travelled whole when only the changed ones did (else None).
-    """
-    from sparkrag.index.sync import chroma_rows, delta_rows, run_per_shard
+                 bases: dict[int, str], root: str, cfg: LexicalConfig) -> list[dict[str, Any]]:
+    from sparkrag.index.sync import chroma_rows, run_per_shard
 
     def build(shard: int, batches: Iterator["pd.DataFrame"]) -> dict[str, Any]:
         return _build_shard(shard, targets[shard], bases.get(shard), root, cfg, batches)
 
-    from sparkrag.index.build import PAIRS_FILE
-
-    rows, cached, whole = None, None, None
+    rows = None
     if keyed is not None:
         rows = chroma_rows(keyed).select("chunk_id", "text", "doc_id", "chunk_index", "title", "metadata", "doc_hash",
                                          "_shard")
-        if shards and all(s in bases for s in shards):  # only the changed rows need their text
-            pairs = {s: os.path.join(LexicalStore(root).full_path(bases[s]), PAIRS_FILE) for s in shards}
-            rows, whole, cached = delta_rows(keyed, rows, pairs) or (rows, None, None)
-    try:
-        return run_per_shard(spark, rows, shards, build, _RESULT_SCHEMA), whole
-    finally:
-        if cached is not None:
-            cached.unpersist()
+    return run_per_shard(spark, rows, shards, build, _RESULT_SCHEMA)
 
 
 def _sum_terms(spark: "SparkSession", store: LexicalStore, dirs: Sequence[str], target: str) -> None:
@@ -365,8 +341,7 @@ def sync_lexical_index(chunks: "DataFrame | None", cfg: LexicalConfig, *, chunks
         summaries: the table's shard summaries, shared with the Chroma sync (else computed here).
 
     Returns:
-        ``{"chunks", "shards", "shards_rebuilt", "tokenized", "rebuilt", "rows_shipped"}`` (rebuilt: 1 when
-        anything was published; rows_shipped: chunk rows sent with their text to the build tasks).
+        ``{"chunks", "shards", "shards_rebuilt", "rebuilt"}`` (rebuilt: 1 when anything was published).
     """
     from pyspark.sql import SparkSession
 
@@ -391,8 +366,7 @@ def sync_lexical_index(chunks: "DataFrame | None", cfg: LexicalConfig, *, chunks
     generation = (current.generation if current else 0) + 1
     targets = {i: store.new_dir(i, generation) for i in changed}
     bases = {i: current.dirs[i] for i in changed} if reuse else {}  # unchanged chunks keep their postings
-    built, whole = _build_tasks(spark, keyed, changed, targets, bases, store.root, cfg)
-    results = {r["shard"]: r for r in built}
+    results = {r["shard"]: r for r in _build_tasks(spark, keyed, changed, targets, bases, store.root, cfg)}
     for i, r in results.items():
         if r["fingerprint"] != fingerprints[i]:
             raise VectorStoreError(f"lexical shard {i}: built {r['total']} chunks that differ from the chunks "
@@ -413,9 +387,7 @@ def sync_lexical_index(chunks: "DataFrame | None", cfg: LexicalConfig, *, chunks
     added = sum(int(r["added"]) for r in results.values())
     log.info("lexical index %s: %d chunks in %d shard(s), rebuilt %s (%d chunks tokenized)", cfg.path, sum(counts), n,
              changed if len(changed) < n else "all", added)
-    shipped = whole if whole is not None else sum(counts[i] for i in changed)
-    return {"chunks": sum(counts), "shards": n, "shards_rebuilt": len(changed), "tokenized": added, "rebuilt": 1,
-            "rows_shipped": shipped}
+    return {"chunks": sum(counts), "shards": n, "shards_rebuilt": len(changed), "tokenized": added, "rebuilt": 1}
 
 
 def _drop_format2(path: str) -> None:

@@ -331,11 +331,8 @@ def _run_tasks(spark: "SparkSession", keyed: "DataFrame | None", tasks: list[Any
         return build_shard(by_shard[shard], batches, chroma, embedding_model=embedding_model, dim=dim)
 
     rows, whole, cached = (chroma_rows(keyed), None, None) if keyed is not None else (None, None, None)
-    if keyed is not None and tasks and all(t.compact_at > 0 and t.root and t.base for t in tasks):
-        from sparkrag.index.build import PAIRS_FILE
-
-        pairs = {t.shard: os.path.join(t.root, t.base, PAIRS_FILE) for t in tasks}
-        rows, whole, cached = delta_rows(keyed, rows, pairs) or (rows, None, None)
+    if keyed is not None and tasks:
+        rows, whole, cached = _changed_rows_whole(keyed, tasks) or (rows, None, None)
     try:
         return run_per_shard(spark, rows, [t.shard for t in tasks], build, RESULT_SCHEMA), whole
     finally:
@@ -343,49 +340,42 @@ def _run_tasks(spark: "SparkSession", keyed: "DataFrame | None", tasks: list[Any
             cached.unpersist()
 
 
-# A delta build needs the rows its shard's base lacks, with their vectors and text; their keys
-# are broadcast to pick them (so the driver handles at most this many). Past it every row
-# of the shard travels whole, as for a rebuild.
+# A delta build needs the vectors and text of the changed rows only. Their keys are broadcast
+# to pick them (the driver handles at most this many); past it every row travels whole.
 MAX_BROADCAST_CHANGES = 200_000
 
 
-def delta_rows(keyed: "DataFrame", wide: "DataFrame", pairs: dict[int, str]) -> "tuple[DataFrame, int, DataFrame] | None":
-    """The rows that bring shards in step with their bases: what each base lacks, and what it must hide.
+def _changed_rows_whole(keyed: "DataFrame", tasks: list[Any]) -> "tuple[DataFrame, int, DataFrame] | None":
+    """Rows for delta builds: the rows a shard's base lacks in full, every other one as ``(chunk_id, doc_hash)``.
 
-    ``pairs``: shard -> its base's pairs file (parquet of chunk_id, doc_hash). Spark compares
-    them with the table's ``(chunk_id, doc_hash, _shard)`` (``keyed``): the ``wide`` rows
-    (``_shard`` and whatever a build needs) a base lacks (new or changed chunks) are sent
-    whole, and the base's pairs the table no longer has (deleted or changed) are sent as
-    ``chunk_id`` with ``_masked`` true. Both follow the change, not the corpus, so neither
-    the shuffle to the build tasks nor a task's input grows with the shard.
+    Only when every task has a base with its pairs file (an embedded store on a POSIX path)
+    and may write a delta. The shuffle to the tasks then carries the vectors and text of the
+    changed rows, not of the whole shard. Rows are told apart by ``_narrow``.
 
     Returns:
-        (rows, how many went whole, a cached frame to unpersist after the tasks), or None
-        when a base has no pairs file or more than ``MAX_BROADCAST_CHANGES`` rows changed.
+        (rows, rows sent whole, the cached frame of changed keys to unpersist), or None.
     """
-    import functools
-
     from pyspark.sql import functions as F
 
-    if not pairs or not all(os.path.isfile(p) for p in pairs.values()):
+    from sparkrag.index.build import PAIRS_FILE
+
+    paths = [os.path.join(t.root, t.base, PAIRS_FILE) for t in tasks if t.root and t.base and t.compact_at > 0]
+    if len(paths) < len(tasks) or not all(os.path.isfile(p) for p in paths):
         return None
-    spark = keyed.sparkSession
-    base = functools.reduce(lambda a, b: a.unionByName(b), [
-        spark.read.parquet(f"file://{path}").select("chunk_id", "doc_hash", F.lit(shard).cast("int").alias("_shard"))
-        for shard, path in sorted(pairs.items())])
-    current = keyed.where(F.col("_shard").isin(sorted(pairs))).select("chunk_id", "doc_hash", "_shard")
-    changed = current.join(base, ["chunk_id", "doc_hash", "_shard"], "left_anti").select("chunk_id", "doc_hash")
-    changed = changed.cache()
+    base = keyed.sparkSession.read.parquet(*[f"file://{p}" for p in paths])
+    narrow = keyed.where(F.col("_shard").isin([t.shard for t in tasks])).select("chunk_id", "doc_hash", "_shard")
+    changed = narrow.join(base, ["chunk_id", "doc_hash"], "left_anti").select("chunk_id", "doc_hash").cache()
     n_changed = changed.count()
     if n_changed > MAX_BROADCAST_CHANGES:
         changed.unpersist()
         return None
-    whole = wide.join(F.broadcast(changed), ["chunk_id", "doc_hash"], "left_semi").withColumn("_masked", F.lit(False))
-    gone = base.join(current, ["chunk_id", "doc_hash", "_shard"], "left_anti")
-    hidden = gone.select(*[F.col(f.name) if f.name in ("chunk_id", "_shard") else
-                           F.lit(None).cast(f.dataType).alias(f.name) for f in wide.schema.fields],
-                         F.lit(True).alias("_masked"))
-    return whole.unionByName(hidden), n_changed, changed
+    wide = chroma_rows(keyed)
+    whole = wide.join(F.broadcast(changed), ["chunk_id", "doc_hash"], "left_semi")
+    keep = {"chunk_id", "doc_hash", "_shard"}
+    thin = narrow.join(F.broadcast(changed), ["chunk_id", "doc_hash"], "left_anti").select(
+        *[F.col(f.name) if f.name in keep else F.lit(None).cast(f.dataType).alias(f.name) for f in wide.schema.fields])
+    rows = whole.withColumn("_narrow", F.lit(False)).unionByName(thin.withColumn("_narrow", F.lit(True)))
+    return rows, n_changed, changed
 
 
 def _publish(store: ShardStore, base: Manifest | None, results: list[dict[str, Any]], fingerprints: list[str],

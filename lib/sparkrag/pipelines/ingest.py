@@ -101,13 +101,14 @@ def check_documents(df: "DataFrame", cfg: RagConfig, *, table: str) -> "DataFram
     One frame that both halves of :func:`split_documents` read: cache it and the documents
     are read, checked and hashed once.
     """
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     _check_input(df, cfg, table)
     cols = cfg.documents
     doc = _normalised(cfg)
     doc_id, text = doc["doc_id"], doc["text"]
-    df, dupes = _count_ids(df, doc_id)
+    dupes = F.count(F.lit(1)).over(Window.partitionBy(doc_id))
     # F.trim strips spaces only: "\n\t" would pass, chunk to nothing and look new on every run.
     blank = r"(?U)^\s*$"
     undecodable = _undecodable_columns(df, cfg)
@@ -126,33 +127,10 @@ def check_documents(df: "DataFrame", cfg: RagConfig, *, table: str) -> "DataFram
     column = (column.when(doc_id.isNull() | doc_id.rlike(blank) | (dupes > 1), F.lit(cols.id))
               .otherwise(F.lit(cols.text)))
     checked = df.withColumn("_reason", reason).withColumn("_column", F.when(F.col("_reason").isNotNull(), column))
-    checked = checked.drop("_rid", "_rn")
     fingerprint = settings_fingerprint(cfg)
     doc_hash = F.sha2(F.concat_ws("\u0001", F.lit(fingerprint), F.to_json(
         F.struct(text.alias("text"), doc["title"].alias("title"), F.to_json(doc["metadata"]).alias("m")))), 256)
     return checked.withColumn("doc_hash", F.when(F.col("_reason").isNull(), doc_hash))
-
-
-# Repeated document ids are found by an aggregate of the ids; up to this many are broadcast to
-# the rows (the driver handles them), beyond it a window over the whole rows counts them.
-_MAX_BROADCAST_REPEATS = 100_000
-
-
-def _count_ids(df: "DataFrame", doc_id: "Column") -> tuple["DataFrame", "Column"]:
-    """``df`` and the number of its rows with each row's document id (nulls: each row counted alone, which
-    the null-id check reports first).
-
-    An aggregate of the ids alone finds the repeated ones, joined back by broadcast: the
-    rows, with their text, are not shuffled (a window over them would be).
-    """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    repeated = df.groupBy(doc_id.alias("_rid")).agg(F.count(F.lit(1)).alias("_rn")).where(F.col("_rn") > 1)
-    if repeated.count() > _MAX_BROADCAST_REPEATS:
-        return df, F.count(F.lit(1)).over(Window.partitionBy(doc_id))
-    counted = df.join(F.broadcast(repeated), doc_id == F.col("_rid"), "left")
-    return counted, F.coalesce(F.col("_rn"), F.lit(1))
 
 
 def split_documents(checked: "DataFrame", cfg: RagConfig) -> tuple["DataFrame", "DataFrame"]:
