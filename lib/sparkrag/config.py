@@ -122,10 +122,8 @@ class ChromaConfig:
     # count, else one per 100k chunks, at most one per core (more writers than cores load no
     # faster, and every shard adds a query per batch). A different number rebuilds every shard.
     shards: int | None = None
-    # An ingest that changes few chunks of a shard writes a small delta next to it (its added
-    # and changed chunks, and the ids it hides) instead of a new copy of the shard: while the
-    # changes since the shard was last rebuilt stay under this fraction of it. Readers merge
-    # the two. Past it the shard is rebuilt whole. 0: always rebuild.
+    # Changes to a shard under this fraction of it go to a small delta folder beside it (readers
+    # merge the two) instead of a new copy of the shard; past it, or with 0, it is rebuilt whole.
     compact_at: float = 0.2
 
 

@@ -181,7 +181,8 @@ def on_disk_matches(cfg: RagConfig, folder) -> None:
 def test_delta_shards_answer_as_a_rebuilt_index(spark, tmp_path):
     """Base + delta (changed and dropped chunks hidden) gives a fresh build's top-k, gets and counts, on the
     driver, on executors (shared and snapshot) and in a partitioned worker; then compaction."""
-    from sparkrag.index.shards import SegmentedShard, open_shard_alone
+    from sparkrag.index.segments import SegmentedShard
+    from sparkrag.index.shards import open_shard_alone
 
     cfg = rag_cfg(tmp_path / "chroma", shards=2, compact_at=1.0)
     base_rows = corpus()

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -35,6 +36,7 @@ from sparkrag.config import ChromaConfig
 from sparkrag.errors import ConfigError, VectorStoreError
 from sparkrag.models import worker_cached
 from sparkrag.index.layout import is_legacy_directory, open_store, server_shard_names
+from sparkrag.index.segments import QUERY_KEYS, SegmentedShard
 from sparkrag.spark import ship_archive, ships_copies
 from sparkrag.index.vectorstore import (
     _LOCK_FILE,
@@ -67,7 +69,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_QUERY_KEYS = ("ids", "distances", "documents", "metadatas", "embeddings")
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ class ShardedIndex:
         """
         q = np.asarray(query_embeddings, dtype=np.float32)
         q = q.reshape(1, -1) if q.ndim == 1 else q
-        wanted = [k for k in include if k in _QUERY_KEYS and k != "ids"]
+        wanted = [k for k in include if k in QUERY_KEYS and k != "ids"]
         parts = self._each(lambda s: s.query(query_embeddings=q, n_results=n_results, where=where,
                                              where_document=where_document, include=["distances"]))
         top: list[list[tuple[float, int, str]]] = []
@@ -206,82 +207,6 @@ class ShardedIndex:
             out[key] = np.asarray(values) if key == "embeddings" and values else values
         if limit is not None:
             out = {k: v[:limit] for k, v in out.items()}
-        out["included"] = wanted
-        return out
-
-
-class SegmentedShard:
-    """One shard as its base collection plus its delta (``query``, ``get``, ``count`` like a ``Collection``).
-
-    The delta holds the chunks added or changed since the base was built; ``masked`` are
-    the base's ids that are deleted or changed. A query asks the delta for ``n_results`` and
-    the base for more than that, drops masked ids, and merges the two lists by distance (ties:
-    base first); a query whose base list lost so many ids that fewer than ``n_results``
-    remain asks the base again for more, up to ``n_results + len(masked)``, which always
-    suffices. The answer is therefore the ``n_results`` nearest live chunks, as one rebuilt
-    collection would give them (up to HNSW's approximation).
-    """
-
-    def __init__(self, base: Any, delta: Any, masked: frozenset[str]) -> None:
-        self.base, self.delta, self.masked = base, delta, frozenset(masked)
-        self.name = base.name
-        self.metadata = base.metadata
-
-    @property
-    def configuration(self) -> Any:
-        return self.base.configuration
-
-    def count(self) -> int:
-        """Live vectors: the base's, less the masked ones, plus the delta's."""
-        return int(self.base.count()) - len(self.masked) + int(self.delta.count())
-
-    def query(self, query_embeddings: Any, n_results: int = 10, where: Any = None, where_document: Any = None,
-              include: Sequence[str] = ("documents", "metadatas", "distances")) -> dict[str, Any]:
-        """Like ``Collection.query``: the ``n_results`` nearest live chunks per query, by distance."""
-        q = np.asarray(query_embeddings, dtype=np.float32)
-        q = q.reshape(1, -1) if q.ndim == 1 else q
-        wanted = [k for k in include if k in _QUERY_KEYS and k != "ids"]
-        asked = list(dict.fromkeys([*wanted, "distances"]))
-        search = {"where": where, "where_document": where_document, "include": asked}
-        delta = (self.delta.query(query_embeddings=q, n_results=n_results, **search) if self.delta.count()
-                 else {"ids": [[] for _ in q], **{k: [[] for _ in q] for k in asked}})
-        base: list[dict[str, list[Any]]] = [{} for _ in q]
-        todo, k = list(range(len(q))), n_results + min(len(self.masked), max(n_results, 8))
-        while todo:
-            res = self.base.query(query_embeddings=q[todo], n_results=k, **search)
-            again = []
-            for pos, j in enumerate(todo):
-                keep = [r for r, cid in enumerate(res["ids"][pos]) if cid not in self.masked]
-                base[j] = {key: [res[key][pos][r] for r in keep] for key in ("ids", *asked)}
-                exhausted = len(res["ids"][pos]) < k or k >= n_results + len(self.masked)
-                if len(keep) < n_results and not exhausted:
-                    again.append(j)
-            todo, k = again, min(2 * k, n_results + len(self.masked))
-        out: dict[str, Any] = {"ids": [], **{key: [] for key in wanted}}
-        for j in range(len(q)):
-            hits = sorted([(float(d), 0, r) for r, d in enumerate(base[j]["distances"])]
-                          + [(float(d), 1, r) for r, d in enumerate(delta["distances"][j])])[:n_results]
-            parts = (base[j], {key: delta[key][j] for key in ("ids", *asked)})
-            out["ids"].append([parts[seg]["ids"][r] for _, seg, r in hits])
-            for key in wanted:
-                values = [parts[seg][key][r] for _, seg, r in hits]
-                out[key].append(np.asarray(values) if key == "embeddings" and values else values)
-        out["included"] = wanted
-        return out
-
-    def get(self, ids: Sequence[str] | None = None, include: Sequence[str] = ("documents", "metadatas"),
-            where: Any = None, where_document: Any = None, limit: int | None = None) -> dict[str, Any]:
-        """Like ``Collection.get``: the live rows of ``ids`` (or matching the filters), the delta's for a changed id."""
-        wanted = [k for k in include if k in ("embeddings", "documents", "metadatas")]
-        more = None if limit is None else limit + len(self.masked)
-        parts = [self.base.get(ids=ids, where=where, where_document=where_document, include=wanted, limit=more),
-                 self.delta.get(ids=ids, where=where, where_document=where_document, include=wanted, limit=limit)]
-        rows = [(p, r) for n, p in enumerate(parts) for r, cid in enumerate(p["ids"])
-                if n == 1 or cid not in self.masked][:limit]
-        out: dict[str, Any] = {"ids": [p["ids"][r] for p, r in rows]}
-        for key in wanted:
-            values = [p[key][r] for p, r in rows]
-            out[key] = np.asarray(values) if key == "embeddings" and values else values
         out["included"] = wanted
         return out
 
@@ -421,18 +346,12 @@ def snapshot_for_executors(spark: "SparkSession", cfg: ChromaConfig, *, director
         raise VectorStoreError(f"no Chroma database in {src} (chroma.path); run the ingest job first")
     name = f"chroma-{cfg.collection}-{uuid.uuid4().hex[:12]}.tar.gz"
     archive = os.path.join(tempfile.mkdtemp(prefix="sparkrag-snapshot-"), name)
-    lock = _exclusive_lock(src, purpose="snapshot") if directory is None else _no_lock()
+    lock = _exclusive_lock(src, purpose="snapshot") if directory is None else contextlib.nullcontext()
     with lock, tarfile.open(archive, "w:gz") as tar:
         tar.add(src, arcname=".", filter=lambda info: None if info.name.endswith(_LOCK_FILE) else info)
     ship_archive(spark, archive)
     log.info("shipped Chroma snapshot %s (%.1f MB) to executors", name, os.path.getsize(archive) / 1e6)
     return name
-
-
-def _no_lock() -> Any:
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def open_snapshot_collection(name: str, collection_name: str) -> "Collection":

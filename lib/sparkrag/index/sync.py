@@ -142,13 +142,6 @@ def _shard_count(cfg: RagConfig, existing: int | None, n_chunks: int, parallelis
     return existing or default_shard_count(n_chunks, parallelism)
 
 
-def _compact_at(cfg: ChromaConfig) -> float:
-    if not 0 <= cfg.compact_at <= 1:
-        raise ConfigError(f"chroma.compact_at: expected a fraction in [0, 1] (0: always rebuild a changed shard), "
-                          f"got {cfg.compact_at}")
-    return float(cfg.compact_at)
-
-
 def shard_summaries(keyed: "DataFrame | None", n: int) -> tuple[list[str], list[int]]:
     """Per shard: the fingerprint and count of the table's (chunk_id, doc_hash) pairs.
 
@@ -230,7 +223,9 @@ def _sync(spark: "SparkSession", summaries: ShardSummaries, cfg: RagConfig, stor
     from sparkrag.index.build import ShardTask
 
     chroma, full = cfg.chroma, cfg.ingest.full_refresh
-    compact_at = _compact_at(chroma)
+    if not 0 <= chroma.compact_at <= 1:
+        raise ConfigError(f"chroma.compact_at: expected a fraction in [0, 1] (0: always rebuild a changed shard), "
+                          f"got {chroma.compact_at}")
     current = store.read_manifest() if store is not None else None
     manifest = None if full else current  # a full refresh rebuilds every shard from empty
     existing = manifest.shards if manifest else (None if store is not None or full else len(_server_shards(chroma)))
@@ -249,7 +244,7 @@ def _sync(spark: "SparkSession", summaries: ShardSummaries, cfg: RagConfig, stor
         hadoop = type(store) is not ShardStore
         tasks = [ShardTask(i, chroma.collection, base=manifest.dirs[i] if same_layout and not hadoop else None,
                            target=store.new_dir(i, generation), root=None if hadoop else store.root,
-                           compact_at=compact_at)
+                           compact_at=float(chroma.compact_at))
                  for i in range(n) if not same_layout or manifest.fingerprints[i] != fingerprints[i]]
     log.info("Chroma %r: %d chunks in %d shard(s); rebuilding %s", chroma.collection, sum(counts), n,
              [t.shard for t in tasks] if len(tasks) < n else "all")
