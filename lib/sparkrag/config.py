@@ -122,8 +122,8 @@ class ChromaConfig:
     # count, else one per 100k chunks, at most one per core (more writers than cores load no
     # faster, and every shard adds a query per batch). A different number rebuilds every shard.
     shards: int | None = None
-    # Changes to a shard under this fraction of it go to a small delta folder beside it (readers
-    # merge the two) instead of a new copy of the shard; past it, or with 0, it is rebuilt whole.
+    # Changes to a shard (Chroma and BM25) under this fraction of it go to a small delta folder
+    # beside it (readers merge the two) instead of a new copy; past it, or with 0, it is rebuilt.
     compact_at: float = 0.2
 
 

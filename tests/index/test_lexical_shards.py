@@ -43,12 +43,14 @@ def shard_dirs(path: str) -> tuple[str, ...]:
     return LexicalStore(path).read_manifest().dirs
 
 
-def test_sharded_sync_scores_like_one_index_and_rebuilds_only_changed_shards(spark, tmp_path):
-    cfg = LexicalConfig(path=str(tmp_path / "lexical"))
+@pytest.mark.parametrize("compact_at", [0.0, 0.5])
+def test_sharded_sync_scores_like_one_index_and_rebuilds_only_changed_shards(spark, tmp_path, compact_at):
+    cfg = LexicalConfig(path=str(tmp_path / "lexical"), title_weight=0.5)
     rows = sample_rows()
     chunks = spark.createDataFrame(rows, SCHEMA)
-    out = sync_lexical_index(chunks, cfg, chunks_version=1, shards=4)
-    assert out == {"chunks": len(rows), "shards": 4, "shards_rebuilt": 4, "tokenized": len(rows), "rebuilt": 1}
+    out = sync_lexical_index(chunks, cfg, chunks_version=1, shards=4, compact_at=compact_at)
+    assert out == {"chunks": len(rows), "shards": 4, "shards_rebuilt": 4, "shards_delta": 0, "tokenized": len(rows),
+                   "rebuilt": 1}
     published = load_published(cfg.path)
     assert sorted(published.ids) == sorted(r[0] for r in rows)
     assert all(shard_of(m["doc_id"], 4) == s for s, shard in enumerate(published.shards) for m in shard.metadatas)
@@ -57,24 +59,39 @@ def test_sharded_sync_scores_like_one_index_and_rebuilds_only_changed_shards(spa
 
     # same table version: nothing read, nothing written
     assert sync_lexical_index(chunks, cfg, chunks_version=1, shards=4)["rebuilt"] == 0
-    # one document changed, one deleted: only their shards are rebuilt; the rest keep their folders
+    # one document changed, one deleted: only their shards are rewritten (as deltas when compact_at allows)
     changed, deleted = rows[3][0], rows[10][0]
     edited = [(r[0], r[1] + " revised zephyrine", *r[2:6], r[6] + "-2", r[7]) if r[0] == changed else r
               for r in rows if r[0] != deleted]
-    out = sync_lexical_index(spark.createDataFrame(edited, SCHEMA), cfg, chunks_version=2, shards=4)
+    out = sync_lexical_index(spark.createDataFrame(edited, SCHEMA), cfg, chunks_version=2, shards=4,
+                             compact_at=compact_at)
     touched = {shard_of(changed, 4), shard_of(deleted, 4)}
     assert out["shards_rebuilt"] == len(touched) and out["chunks"] == len(edited)
+    assert out["shards_delta"] == (len(touched) if compact_at else 0)
     assert out["tokenized"] == 1  # the changed chunk; the rest of its shard kept its postings
-    second = shard_dirs(cfg.path)
-    assert {i for i in range(4) if second[i] != first[i]} == touched
+    manifest = LexicalStore(cfg.path).read_manifest()
+    second = manifest.dirs
+    assert {i for i in range(4) if second[i] != first[i]} == (set() if compact_at else touched)
+    assert {i for i in range(4) if manifest.delta(i)} == (touched if compact_at else set())
     again = load_published(cfg.path)
     assert scores_by_id(again) == scores_by_id(one_index(edited, cfg))  # the figures follow the change
     assert set(again.query(["zephyrine"], n_results=5)["ids"][0]) == {changed}
     assert deleted not in again.ids
     # the previous generation's folders are kept for its readers; older ones are removed
     folders = {p.name for p in (Path(cfg.path) / "bm25.shards").iterdir()}
-    assert {Path(d).name for d in (*first, *second)} <= folders
+    assert {Path(d).name for d in (*first, *second, *manifest.live_dirs())} <= folders
     assert len([f for f in folders if f.startswith("stats-")]) == 2
+
+    # the deleted document comes back and most of one shard changes: a delta is rebuilt against its base,
+    # a shard past compact_at is rebuilt whole (no delta left)
+    big = shard_of(rows[0][0], 4)
+    third = [(r[0], r[1] + " again", *r[2:6], r[6] + "-3", r[7]) if shard_of(r[0], 4) == big else r for r in rows]
+    out = sync_lexical_index(spark.createDataFrame(third, SCHEMA), cfg, chunks_version=3, shards=4,
+                             compact_at=compact_at)
+    manifest = LexicalStore(cfg.path).read_manifest()
+    assert not manifest.delta(big) and manifest.dirs[big] != second[big]
+    assert not any(manifest.delta(i) for i in range(4))  # the other shards are their bases again
+    assert scores_by_id(load_published(cfg.path)) == scores_by_id(one_index(third, cfg))
 
 
 def test_reshard_settings_change_and_empty_table(spark, tmp_path):
@@ -87,7 +104,7 @@ def test_reshard_settings_change_and_empty_table(spark, tmp_path):
     out = sync_lexical_index(chunks, LexicalConfig(path=cfg.path, stemmer=""), chunks_version=1, shards=3)
     assert out["shards_rebuilt"] == 3 and load_published(cfg.path).settings["stemmer"] == ""
     out = sync_lexical_index(None, cfg, chunks_version=None, shards=3)
-    assert out == {"chunks": 0, "shards": 3, "shards_rebuilt": 3, "tokenized": 0, "rebuilt": 1}
+    assert out == {"chunks": 0, "shards": 3, "shards_rebuilt": 3, "shards_delta": 0, "tokenized": 0, "rebuilt": 1}
     assert load_published(cfg.path).query(["Beyonce"], n_results=3)["ids"] == [[]]
 
 

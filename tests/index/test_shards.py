@@ -93,12 +93,12 @@ def test_shard_assignment_is_stable_and_spark_agrees(spark):
     # one task per shard relies on the driver knowing where Spark's hash partitioner puts a key
     from pyspark.sql import functions as F
 
-    from sparkrag.index.sync import _partition_keys, _spark_hash_long
+    from sparkrag.index.layout import partition_keys, spark_hash_long
 
-    keys = [0, 1, 7, -1, 2**40 + 7, *_partition_keys(5)]
+    keys = [0, 1, 7, -1, 2**40 + 7, *partition_keys(5)]
     got = spark.createDataFrame([(k,) for k in keys], "k long").select(F.hash("k")).collect()
-    assert [r[0] for r in got] == [_spark_hash_long(k) for k in keys]
-    assert [_spark_hash_long(k) % 5 for k in _partition_keys(5)] == [0, 1, 2, 3, 4]
+    assert [r[0] for r in got] == [spark_hash_long(k) for k in keys]
+    assert [spark_hash_long(k) % 5 for k in partition_keys(5)] == [0, 1, 2, 3, 4]
 
 
 def test_sharded_index_returns_the_single_index_top_k_with_and_without_filters(spark, tmp_path):

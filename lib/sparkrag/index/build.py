@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["ShardTask", "RESULT_SCHEMA", "PAIRS_FILE", "MASKED_FILE", "build_shard", "apply_rows", "extract_archive",
-           "read_masked"]
+           "read_masked", "read_pairs", "write_pairs", "split_delta", "whole_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def apply_rows(collection: Any, batches: Iterable["pd.DataFrame"], *, shard: int
         if not len(pdf):
             continue
         _check_shard(pdf, shard)
-        pdf = _whole_rows(pdf, seen, lambda cid, h: actual.get(cid) == h, shard)
+        pdf = whole_rows(pdf, seen, lambda cid, h: actual.get(cid) == h, shard)
         hashes = _doc_hashes(pdf)
         ids = pdf["chunk_id"].astype(str).tolist()
         seen.update(zip(ids, hashes))
@@ -130,7 +130,7 @@ def apply_rows(collection: Any, batches: Iterable["pd.DataFrame"], *, shard: int
     return {**counts, "total": len(seen), "fingerprint": shard_fingerprint(seen), "pairs": seen}
 
 
-def _whole_rows(pdf: "pd.DataFrame", seen: dict[str, str], held: Any, shard: int) -> "pd.DataFrame":
+def whole_rows(pdf: "pd.DataFrame", seen: dict[str, str], held: Any, shard: int) -> "pd.DataFrame":
     """The batch's rows sent whole; the ``_narrow`` ones (keys only) go to ``seen``, and must be ``held`` as they are."""
     if "_narrow" not in pdf.columns:
         return pdf
@@ -152,7 +152,7 @@ def _check_shard(pdf: "pd.DataFrame", shard: int) -> None:
                                "one task must see exactly one shard")
 
 
-def _write_pairs(directory: str, pairs: dict[str, str]) -> None:
+def write_pairs(directory: str, pairs: dict[str, str]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -161,7 +161,7 @@ def _write_pairs(directory: str, pairs: dict[str, str]) -> None:
                    os.path.join(directory, PAIRS_FILE))
 
 
-def _read_pairs(directory: str) -> dict[str, str] | None:
+def read_pairs(directory: str) -> dict[str, str] | None:
     """A base's pairs, or None when it has no ``PAIRS_FILE`` (built before deltas existed)."""
     import pyarrow.parquet as pq
 
@@ -179,7 +179,7 @@ def read_masked(directory: str) -> frozenset[str]:
 
 
 @dataclass
-class _Split:
+class DeltaSplit:
     """A shard's rows against its base: what a delta would hold, or (``fits`` False) what compaction applies."""
 
     seen: dict[str, str]  # every streamed row's pair
@@ -189,7 +189,7 @@ class _Split:
     fits: bool
 
 
-def _split_delta(batches: Iterable["pd.DataFrame"], shard: int, base: dict[str, str], limit: float) -> _Split:
+def split_delta(batches: Iterable["pd.DataFrame"], shard: int, base: dict[str, str], limit: float) -> DeltaSplit:
     """Stream rows until the changes pass ``limit`` (then stop: the task compacts) or the rows end."""
     seen: dict[str, str] = {}
     changed: list["pd.DataFrame"] = []
@@ -199,7 +199,7 @@ def _split_delta(batches: Iterable["pd.DataFrame"], shard: int, base: dict[str, 
         if not len(pdf):
             continue
         _check_shard(pdf, shard)
-        pdf = _whole_rows(pdf, seen, lambda cid, h: base.get(cid) == h, shard)
+        pdf = whole_rows(pdf, seen, lambda cid, h: base.get(cid) == h, shard)
         ids, hashes = pdf["chunk_id"].astype(str).tolist(), _doc_hashes(pdf)
         seen.update(zip(ids, hashes))
         need = [k for k, (cid, h) in enumerate(zip(ids, hashes)) if base.get(cid) != h]
@@ -207,9 +207,9 @@ def _split_delta(batches: Iterable["pd.DataFrame"], shard: int, base: dict[str, 
             changed.append(pdf.iloc[need])
             n_changed += len(need)
         if n_changed > limit:
-            return _Split(seen, changed, stream, [], fits=False)
+            return DeltaSplit(seen, changed, stream, [], fits=False)
     masked = sorted(cid for cid, h in base.items() if seen.get(cid) != h)
-    return _Split(seen, changed, iter(()), masked, fits=n_changed + len(masked) <= limit)
+    return DeltaSplit(seen, changed, iter(()), masked, fits=n_changed + len(masked) <= limit)
 
 
 def _tar_bytes(directory: str) -> bytes:
@@ -244,9 +244,9 @@ def build_shard(task: ShardTask, batches: Iterable["pd.DataFrame"], cfg: ChromaC
     store = ShardStore(task.root or "", task.collection)
     seen = None
     if task.base is not None and task.root is not None and task.compact_at > 0:
-        base = _read_pairs(store.full_path(task.base))
+        base = read_pairs(store.full_path(task.base))
         if base is not None:
-            split = _split_delta(batches, task.shard, base, task.compact_at * len(base))
+            split = split_delta(batches, task.shard, base, task.compact_at * len(base))
             if split.fits:
                 return _build_delta(task, split, named, embedding_model=embedding_model, dim=dim)
             log.info("shard %d: changes pass chroma.compact_at=%s of its %d chunks: rebuilding it", task.shard,
@@ -262,7 +262,7 @@ def build_shard(task: ShardTask, batches: Iterable["pd.DataFrame"], cfg: ChromaC
         copied = time.perf_counter()
         result.update(_load_staging(staging, named, batches, task.shard, embedding_model=embedding_model, dim=dim,
                                     seen=seen))
-        _write_pairs(staging, result.pop("pairs"))
+        write_pairs(staging, result.pop("pairs"))
         loaded = time.perf_counter()
         result["target"] = _copy_out(staging, task, result)
         result.update(load_seconds=loaded - copied, copy_seconds=(copied - start) + (time.perf_counter() - loaded))
@@ -298,7 +298,7 @@ def _copy_out(staging: str, task: ShardTask, result: dict[str, Any]) -> str:
     return target
 
 
-def _build_delta(task: ShardTask, split: _Split, named: ChromaConfig, *, embedding_model: str,
+def _build_delta(task: ShardTask, split: DeltaSplit, named: ChromaConfig, *, embedding_model: str,
                  dim: int) -> dict[str, Any]:
     """Write the delta of ``split`` (changed rows + masked base ids) into a new directory; the base stays."""
     staging = tempfile.mkdtemp(prefix=f"sparkrag-delta{task.shard:03d}-")

@@ -58,6 +58,8 @@ __all__ = [
     "is_legacy_directory",
     "check_stored_encoder",
     "shard_fingerprint",
+    "spark_hash_long",
+    "partition_keys",
 ]
 
 log = logging.getLogger(__name__)
@@ -350,3 +352,34 @@ def check_stored_encoder(stored: Mapping[str, Any], cfg: ChromaConfig, embedding
             f"collection {cfg.collection!r} does not match the configured encoder ({'; '.join(diff)}); "
             "rebuild it with --full-refresh or set chroma.collection to a new name"
         )
+
+
+def spark_hash_long(value: int, seed: int = 42) -> int:
+    """Spark's ``hash()`` of a bigint (Murmur3_x86_32.hashLong, seed 42), as a signed 32-bit int."""
+    mask = 0xFFFFFFFF
+
+    def rotl(x: int, r: int) -> int:
+        return ((x << r) | (x >> (32 - r))) & mask
+
+    h1 = seed
+    for word in (value & mask, (value >> 32) & mask):
+        k1 = rotl((word * 0xCC9E2D51) & mask, 15) * 0x1B873593 & mask
+        h1 = (rotl(h1 ^ k1, 13) * 5 + 0xE6546B64) & mask
+    h1 ^= 8
+    h1 = ((h1 ^ (h1 >> 16)) * 0x85EBCA6B) & mask
+    h1 = ((h1 ^ (h1 >> 13)) * 0xC2B2AE35) & mask
+    h1 ^= h1 >> 16
+    return h1 - (1 << 32) if h1 >= 1 << 31 else h1
+
+
+def partition_keys(n: int) -> list[int]:
+    """Bigints that ``repartition(n, key)`` sends to partitions 0..n-1: one shard per task.
+
+    ``repartition`` places a row in ``pmod(hash(key), n)``; the tasks check what they got.
+    """
+    found: dict[int, int] = {}
+    key = 0
+    while len(found) < n:
+        found.setdefault(spark_hash_long(key) % n, key)  # Python's % is pmod for n > 0
+        key += 1
+    return [found[p] for p in range(n)]

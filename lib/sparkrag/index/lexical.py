@@ -127,8 +127,12 @@ class LexicalIndex:
 
         Equal to :meth:`build` over the same chunks in the same order (same postings, same scores).
         """
+        return self.merged(keep, LexicalIndex.build(ids, documents, metadatas, _config_of(self.settings)))
+
+    def merged(self, keep: Sequence[bool], added: "LexicalIndex") -> "LexicalIndex":
+        """The chunks ``keep`` marks, then every chunk of ``added`` (built with the same settings): nothing is
+        tokenized, postings are reused as they are."""
         keep = np.asarray(keep, dtype=bool)
-        added = LexicalIndex.build(ids, documents, metadatas, _config_of(self.settings))
         text = Postings.merge([(self.text, keep), (added.text, np.ones(len(added), dtype=bool))])
         title = None
         if self.title is not None and added.title is not None:
@@ -239,25 +243,38 @@ class LexicalIndex:
         Raises:
             VectorStoreError: the folder is missing, incomplete or of an older format.
         """
-        import pyarrow.parquet as pq
-
-        try:
-            with open(os.path.join(folder, "settings.json"), encoding="utf-8") as fh:
-                settings = json.load(fh)
-            if settings.get("format") != _FORMAT:
-                raise ValueError(f"format {settings.get('format')!r}, this sparkrag reads {_FORMAT}")
-            rows = pq.read_table(os.path.join(folder, "chunks.parquet")).to_pydict()
-            terms = pq.read_table(os.path.join(folder, "terms.parquet")).to_pydict()
-            with np.load(os.path.join(folder, "postings.npz")) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError, KeyError) as exc:
-            raise VectorStoreError(f"lexical index at {folder} is missing, incomplete or outdated ({exc}); "
-                                   "rerun the ingest job") from exc
-        fields = {name: [t for f, t in zip(terms["field"], terms["term"]) if f == name] for name in ("text", "title")}
-        text = Postings.from_arrays(fields["text"], arrays, "text_")
-        title = Postings.from_arrays(fields["title"], arrays, "title_") if "title_indptr" in arrays else None
+        rows, (text, title), settings = _read(folder, ["chunk_id", "text", "metadata_json"])
         return cls(rows["chunk_id"], rows["text"], [json.loads(m) for m in rows["metadata_json"]], text,
                    settings, title)
+
+    @staticmethod
+    def load_postings(folder: str) -> tuple[list[str], Postings, Postings | None]:
+        """The chunk ids and the text and title postings of a saved index, without its texts and metadata."""
+        rows, (text, title), _ = _read(folder, ["chunk_id"])
+        return rows["chunk_id"], text, title
+
+
+def _read(folder: str, columns: list[str]) -> tuple[dict[str, list[Any]], tuple[Postings, Postings | None],
+                                                    dict[str, Any]]:
+    """``columns`` of a saved index's chunk rows, its (text, title) postings and its settings."""
+    import pyarrow.parquet as pq
+
+    try:
+        with open(os.path.join(folder, "settings.json"), encoding="utf-8") as fh:
+            settings = json.load(fh)
+        if settings.get("format") != _FORMAT:
+            raise ValueError(f"format {settings.get('format')!r}, this sparkrag reads {_FORMAT}")
+        rows = pq.read_table(os.path.join(folder, "chunks.parquet"), columns=columns).to_pydict()
+        terms = pq.read_table(os.path.join(folder, "terms.parquet")).to_pydict()
+        with np.load(os.path.join(folder, "postings.npz")) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, KeyError) as exc:
+        raise VectorStoreError(f"lexical index at {folder} is missing, incomplete or outdated ({exc}); "
+                               "rerun the ingest job") from exc
+    fields = {name: [t for f, t in zip(terms["field"], terms["term"]) if f == name] for name in ("text", "title")}
+    text = Postings.from_arrays(fields["text"], arrays, "text_")
+    title = Postings.from_arrays(fields["title"], arrays, "title_") if "title_indptr" in arrays else None
+    return rows, (text, title), settings
 
 
 def settings_of(cfg: LexicalConfig) -> dict[str, Any]:

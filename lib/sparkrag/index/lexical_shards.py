@@ -30,18 +30,17 @@ import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 
 from sparkrag.config import LexicalConfig
 from sparkrag.errors import VectorStoreError
 from sparkrag.index.bm25 import FieldStats
-from sparkrag.index.layout import Manifest, ShardStore, shard_fingerprint
+from sparkrag.index.layout import Manifest, ShardStore
 from sparkrag.index.lexical import LexicalIndex, settings_of
 from sparkrag.models import worker_cached
 
 if TYPE_CHECKING:
-    import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
 
     from sparkrag.index.sync import ShardSummaries
@@ -52,9 +51,6 @@ __all__ = ["LexicalManifest", "LexicalRefs", "ShardedLexical", "sum_stats", "syn
 log = logging.getLogger(__name__)
 
 NAME = "bm25"  # bm25.manifest.json, bm25.shards/
-_TERMS_SCHEMA = "field string, term string, df long"
-_RESULT_SCHEMA = ("shard int, target string, fingerprint string, total long, added long, text_len long, "
-                  "title_len long")
 
 
 @dataclass(frozen=True)
@@ -177,7 +173,7 @@ class LexicalRefs:
     title_len: int | None
     archive: str | None = None
     title_weight: float | None = None  # None: the index's own
-
+    deltas: tuple[str, ...] = ()  # per shard, its delta folder ("" none), as ``dirs``
 
     def _path(self, rel: str) -> str:
         if self.archive is None:
@@ -196,23 +192,31 @@ class LexicalRefs:
 
         return worker_cached(("sparkrag.lexical.stats", self.stats_dir, self.archive), read)
 
+    def _read(self, shard: int) -> LexicalIndex:
+        from sparkrag.index.lexical_build import open_patched
+
+        delta = self.deltas[shard] if self.deltas else ""
+        return open_patched(self._path(self.dirs[shard]), self._path(delta) if delta else None).with_stats(
+            *self.stats())
+
+    def _key(self, shard: int) -> tuple[Any, ...]:
+        return self.dirs[shard], self.deltas[shard] if self.deltas else "", self.archive
+
     def open_shard(self, shard: int) -> LexicalIndex:
         """Shard ``shard`` scoring with the corpus figures, once per worker (a worker holds the shards it touched)."""
-        def read() -> LexicalIndex:
-            return LexicalIndex.load(self._path(self.dirs[shard])).with_stats(*self.stats())
-
-        index = worker_cached(("sparkrag.lexical.shard", self.dirs[shard], self.archive), read)
+        index = worker_cached(("sparkrag.lexical.shard", *self._key(shard)), lambda: self._read(shard))
         return index if self.title_weight is None else index.with_title_weight(self.title_weight)
 
     def open_shard_alone(self, shard: int) -> LexicalIndex:
         """Shard ``shard``, replacing the shard this worker held before (partitioned access)."""
         from sparkrag.models import worker_slot
 
-        def read() -> LexicalIndex:
-            return LexicalIndex.load(self._path(self.dirs[shard])).with_stats(*self.stats())
-
-        index = worker_slot("sparkrag.partitioned.lexical", (self.dirs[shard], self.archive), read)
+        index = worker_slot("sparkrag.partitioned.lexical", self._key(shard), lambda: self._read(shard))
         return index if self.title_weight is None else index.with_title_weight(self.title_weight)
+
+    def on_disk(self) -> list[str]:
+        """Every folder the shards are read from (bases and deltas)."""
+        return [*self.dirs, *(d for d in self.deltas if d)]
 
     def open_all(self) -> ShardedLexical:
         """Every shard as one index (replicated access)."""
@@ -235,7 +239,8 @@ def resolve_lexical(path: str) -> tuple[LexicalRefs, LexicalManifest]:
                                "lexical.enabled=true before retrieval.mode lexical or hybrid")
     has_title = json.loads(manifest.settings or "{}").get("title_weight", 0) > 0
     refs = LexicalRefs(tuple(store.full_path(d) for d in manifest.dirs), store.full_path(manifest.stats_dir),
-                       sum(manifest.counts), sum(manifest.text_lens), sum(manifest.title_lens) if has_title else None)
+                       sum(manifest.counts), sum(manifest.text_lens), sum(manifest.title_lens) if has_title else None,
+                       deltas=tuple(store.full_path(d) if d else "" for d in manifest.deltas))
     return refs, manifest
 
 
@@ -253,98 +258,42 @@ def ship_lexical(spark: "SparkSession", refs: LexicalRefs) -> LexicalRefs:
     name = f"lexical-{uuid.uuid4().hex[:12]}.tar.gz"
     archive = os.path.join(tempfile.mkdtemp(prefix="sparkrag-lexical-"), name)
     rels = [f"s{i:03d}" for i in range(len(refs.dirs))]
+    deltas = [f"d{i:03d}" if d else "" for i, d in enumerate(refs.deltas)]
     with tarfile.open(archive, "w:gz") as tar:
-        for folder, rel in zip(refs.dirs, rels):
-            tar.add(folder, arcname=rel)
+        for folder, rel in [*zip(refs.dirs, rels), *zip(refs.deltas, deltas)]:
+            if folder:
+                tar.add(folder, arcname=rel)
         tar.add(refs.stats_dir, arcname="stats")
     ship_archive(spark, archive)
     log.info("shipped lexical index (%d shards, %.1f MB) to executors", len(rels), os.path.getsize(archive) / 1e6)
-    return dataclasses.replace(refs, dirs=tuple(rels), stats_dir="stats", archive=name)
+    return dataclasses.replace(refs, dirs=tuple(rels), deltas=tuple(deltas), stats_dir="stats", archive=name)
 
 
-# ---- building: one Spark task per changed shard ----
-
-def _build_shard(shard: int, target: str, base: str | None, root: str, cfg: LexicalConfig,
-                 batches: Iterator["pd.DataFrame"]) -> dict[str, Any]:
-    """Shard ``shard`` from its rows: the published ``base`` version's unchanged chunks are kept as
-    they are (their postings reused), only new or changed chunks are tokenized."""
-    from sparkrag.index.vectorstore import DOC_HASH_KEY, to_chroma_metadata
-
-    store = LexicalStore(root)
-    old = LexicalIndex.load(store.full_path(base)) if base is not None else None
-    held = {cid: m.get(DOC_HASH_KEY) for cid, m in zip(old.ids, old.metadatas)} if old is not None else {}
-    ids, texts, metas, pairs = [], [], [], {}
-    for pdf in batches:
-        for cid, text, doc, idx, title, meta, doc_hash in zip(
-                pdf["chunk_id"], pdf["text"], pdf["doc_id"], pdf["chunk_index"], pdf["title"], pdf["metadata"],
-                pdf["doc_hash"]):
-            cid, doc_hash = str(cid), None if doc_hash is None else str(doc_hash)
-            if cid in pairs:  # a repeated chunk is indexed once
-                continue
-            pairs[cid] = doc_hash
-            if cid in held and held[cid] == doc_hash:
-                continue
-            ids.append(cid)
-            texts.append(text or "")
-            metas.append(to_chroma_metadata(doc, None if idx is None else int(idx), title if isinstance(title, str)
-                                            else None, dict(meta) if meta is not None else None))
-    if old is None:
-        index = LexicalIndex.build(ids, texts, metas, cfg)
-    else:
-        index = old.updated([pairs.get(cid, "\0gone") == held[cid] for cid in old.ids], ids, texts, metas)
-    staging = tempfile.mkdtemp(prefix=f"sparkrag-lexical{shard:03d}-")
-    final = f"{target}-{uuid.uuid4().hex[:4]}"  # a retried attempt must not collide with an earlier one
-    try:
-        index.save(staging)
-        store.put(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return {"shard": shard, "target": final, "fingerprint": shard_fingerprint(pairs), "total": len(index),
-            "added": len(ids), "text_len": int(index.text.lengths.sum()),
-            "title_len": int(index.title.lengths.sum()) if index.title is not None else 0}
-
-
-def _build_tasks(spark: "SparkSession", keyed: "DataFrame | None", shards: list[int], targets: dict[int, str],
-                 bases: dict[int, str], root: str, cfg: LexicalConfig) -> list[dict[str, Any]]:
-    from sparkrag.index.sync import chroma_rows, run_per_shard
-
-    def build(shard: int, batches: Iterator["pd.DataFrame"]) -> dict[str, Any]:
-        return _build_shard(shard, targets[shard], bases.get(shard), root, cfg, batches)
-
-    rows = None
-    if keyed is not None:
-        rows = chroma_rows(keyed).select("chunk_id", "text", "doc_id", "chunk_index", "title", "metadata", "doc_hash",
-                                         "_shard")
-    return run_per_shard(spark, rows, shards, build, _RESULT_SCHEMA)
-
-
-def _sum_terms(spark: "SparkSession", store: LexicalStore, dirs: Sequence[str], target: str) -> None:
-    """Write the corpus's document frequencies (every shard's terms summed) as parquet under ``target``."""
-    from pyspark.sql import functions as F
-
-    paths = [f"file://{store.full_path(d)}/terms.parquet" for d in dirs]
-    terms = spark.read.schema(_TERMS_SCHEMA).parquet(*paths)
-    summed = terms.groupBy("field", "term").agg(F.sum("df").alias("df"))
-    summed.write.mode("errorifexists").parquet(f"file://{store.full_path(target)}")
-
+# ---- building: one Spark task per changed shard (:mod:`sparkrag.index.lexical_build`) ----
 
 def sync_lexical_index(chunks: "DataFrame | None", cfg: LexicalConfig, *, chunks_version: int | None,
-                       shards: int | None = None, full_refresh: bool = False,
+                       shards: int | None = None, full_refresh: bool = False, compact_at: float = 0.0,
                        spark: "SparkSession | None" = None, summaries: "ShardSummaries | None" = None) -> dict[str, int]:
-    """Rebuild the shards whose chunks changed since the last build (each in a Spark task), then publish.
+    """Bring the shards whose chunks changed since the last build in step (each in a Spark task), then publish.
 
     Args:
         chunks: the chunks table (None: no table yet, an empty index is published).
         chunks_version: its Delta version; equal to the manifest's (same settings and shard
             count) means nothing to do.
         shards: the shard count (the vector index's); default the published one, else 1.
+        compact_at: a changed shard is written as a delta over its base while its changes stay
+            under this fraction of the base (``chroma.compact_at``, :mod:`sparkrag.index.lexical_build`);
+            0: always rebuilt.
         summaries: the table's shard summaries, shared with the Chroma sync (else computed here).
 
     Returns:
-        ``{"chunks", "shards", "shards_rebuilt", "rebuilt"}`` (rebuilt: 1 when anything was published).
+        ``{"chunks", "shards", "shards_rebuilt", "shards_delta", "tokenized", "rebuilt"}`` (rebuilt: 1
+        when anything was published).
     """
     from pyspark.sql import SparkSession
 
+    from sparkrag.index.build import ShardTask
+    from sparkrag.index.lexical_build import build_tasks, sum_terms
     from sparkrag.index.sync import ShardSummaries
 
     if not cfg.enabled:
@@ -358,36 +307,39 @@ def sync_lexical_index(chunks: "DataFrame | None", cfg: LexicalConfig, *, chunks
     reuse = current is not None and not full_refresh and current.settings == settings and current.shards == n
     if reuse and current.chunks_version == chunks_version:
         log.info("lexical index %s is current (chunks table version %s)", cfg.path, chunks_version)
-        return {"chunks": sum(current.counts), "shards": n, "shards_rebuilt": 0, "tokenized": 0, "rebuilt": 0}
+        return {"chunks": sum(current.counts), "shards": n, "shards_rebuilt": 0, "shards_delta": 0, "tokenized": 0,
+                "rebuilt": 0}
     summaries = summaries or ShardSummaries(chunks)
-    keyed = summaries.keyed(n)
     fingerprints, counts = summaries(n)
-    changed = [i for i in range(n) if not reuse or current.fingerprints[i] != fingerprints[i]]
     generation = (current.generation if current else 0) + 1
-    targets = {i: store.new_dir(i, generation) for i in changed}
-    bases = {i: current.dirs[i] for i in changed} if reuse else {}  # unchanged chunks keep their postings
-    results = {r["shard"]: r for r in _build_tasks(spark, keyed, changed, targets, bases, store.root, cfg)}
+    tasks = [ShardTask(i, NAME, base=current.dirs[i] if reuse else None, target=store.new_dir(i, generation),
+                       root=store.root, compact_at=float(compact_at))  # unchanged chunks keep their postings
+             for i in range(n) if not reuse or current.fingerprints[i] != fingerprints[i]]
+    results = {r["shard"]: r for r in build_tasks(spark, summaries.keyed(n), tasks, cfg)}
     for i, r in results.items():
         if r["fingerprint"] != fingerprints[i]:
             raise VectorStoreError(f"lexical shard {i}: built {r['total']} chunks that differ from the chunks "
                                    f"table's {counts[i]}; the table changed during the sync? rerun")
-    keep = {i: (current.dirs[i], current.text_lens[i], current.title_lens[i]) for i in range(n) if reuse} if reuse \
-        else {}
-    keep.update({i: (r["target"], r["text_len"], r["title_len"]) for i, r in results.items()})
-    dirs = [keep[i][0] for i in range(n)]
+    keep = {i: (current.dirs[i], current.delta(i), current.text_lens[i], current.title_lens[i])
+            for i in range(n)} if reuse else {}
+    keep.update({i: (r["target"], r["delta"], r["text_len"], r["title_len"]) for i, r in results.items()})
+    dirs, deltas = [keep[i][0] for i in range(n)], [keep[i][1] for i in range(n)]
     stats_dir = f"{store.shards_folder}/stats-g{generation:06d}-{uuid.uuid4().hex[:6]}"
-    _sum_terms(spark, store, dirs, stats_dir)
+    sum_terms(spark, store, dirs, deltas, stats_dir)
     store.publish(LexicalManifest(
         collection=NAME, shards=n, dirs=tuple(dirs), fingerprints=tuple(fingerprints), counts=tuple(counts),
         embedding_model="", embedding_dim=0, space="", generation=generation,
-        previous=tuple(current.dirs) if current else (), settings=settings, chunks_version=chunks_version,
-        text_lens=tuple(int(keep[i][1]) for i in range(n)), title_lens=tuple(int(keep[i][2]) for i in range(n)),
-        stats_dir=stats_dir, previous_stats=current.stats_dir if current else ""))
+        previous=tuple(current.live_dirs()) if current else (), settings=settings, chunks_version=chunks_version,
+        text_lens=tuple(int(keep[i][2]) for i in range(n)), title_lens=tuple(int(keep[i][3]) for i in range(n)),
+        stats_dir=stats_dir, previous_stats=current.stats_dir if current else "",
+        deltas=tuple(deltas) if any(deltas) else ()))
     _drop_format2(cfg.path)
     added = sum(int(r["added"]) for r in results.values())
+    changed = sorted(results)
     log.info("lexical index %s: %d chunks in %d shard(s), rebuilt %s (%d chunks tokenized)", cfg.path, sum(counts), n,
              changed if len(changed) < n else "all", added)
-    return {"chunks": sum(counts), "shards": n, "shards_rebuilt": len(changed), "tokenized": added, "rebuilt": 1}
+    return {"chunks": sum(counts), "shards": n, "shards_rebuilt": len(changed),
+            "shards_delta": sum(1 for r in results.values() if r["delta"]), "tokenized": added, "rebuilt": 1}
 
 
 def _drop_format2(path: str) -> None:

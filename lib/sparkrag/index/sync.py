@@ -20,21 +20,20 @@ import dataclasses
 import logging
 import os
 import shutil
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from sparkrag.config import ChromaConfig, RagConfig
 from sparkrag.errors import ConfigError, VectorStoreError
 from sparkrag.index.vectorstore import DOC_HASH_KEY
 from sparkrag.index.layout import Manifest, ShardStore, default_shard_count, is_legacy_directory, open_store, \
-    server_shard_names, shard_column, shard_fingerprint
+    partition_keys, server_shard_names, shard_column, shard_fingerprint
 
 if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
 
 __all__ = ["open_for_ingest", "sync_collection", "chroma_rows", "write_partitions_to_server", "shard_summaries",
-           "ShardSummaries",
-           "run_per_shard"]
+           "ShardSummaries", "run_per_shard", "run_shard_tasks"]
 
 log = logging.getLogger(__name__)
 
@@ -101,37 +100,6 @@ def chroma_rows(chunks: "DataFrame") -> "DataFrame":
     extra = [c for c in ("doc_hash", "_shard") if c in chunks.columns]
     return chunks.select("chunk_id", "embedding", "text", "doc_id", "chunk_index", "title", meta.alias("metadata"),
                          *extra)
-
-
-def _spark_hash_long(value: int, seed: int = 42) -> int:
-    """Spark's ``hash()`` of a bigint (Murmur3_x86_32.hashLong, seed 42), as a signed 32-bit int."""
-    mask = 0xFFFFFFFF
-
-    def rotl(x: int, r: int) -> int:
-        return ((x << r) | (x >> (32 - r))) & mask
-
-    h1 = seed
-    for word in (value & mask, (value >> 32) & mask):
-        k1 = rotl((word * 0xCC9E2D51) & mask, 15) * 0x1B873593 & mask
-        h1 = (rotl(h1 ^ k1, 13) * 5 + 0xE6546B64) & mask
-    h1 ^= 8
-    h1 = ((h1 ^ (h1 >> 16)) * 0x85EBCA6B) & mask
-    h1 = ((h1 ^ (h1 >> 13)) * 0xC2B2AE35) & mask
-    h1 ^= h1 >> 16
-    return h1 - (1 << 32) if h1 >= 1 << 31 else h1
-
-
-def _partition_keys(n: int) -> list[int]:
-    """Bigints that ``repartition(n, key)`` sends to partitions 0..n-1: one shard per task.
-
-    ``repartition`` places a row in ``pmod(hash(key), n)``; the tasks check what they got.
-    """
-    found: dict[int, int] = {}
-    key = 0
-    while len(found) < n:
-        found.setdefault(_spark_hash_long(key) % n, key)  # Python's % is pmod for n > 0
-        key += 1
-    return [found[p] for p in range(n)]
 
 
 def _shard_count(cfg: RagConfig, existing: int | None, n_chunks: int, parallelism: int) -> int:
@@ -290,7 +258,7 @@ def run_per_shard(spark: "SparkSession", rows: "DataFrame | None", shards: list[
 
     if not shards:
         return []
-    keys = _partition_keys(len(shards))
+    keys = partition_keys(len(shards))
     results: list[dict[str, Any]] = []
     if rows is not None:
         to_key = F.create_map(*[F.lit(x) for s, k in zip(shards, keys) for x in (s, k)])
@@ -312,12 +280,7 @@ def run_per_shard(spark: "SparkSession", rows: "DataFrame | None", shards: list[
 
 def _run_tasks(spark: "SparkSession", keyed: "DataFrame | None", tasks: list[Any], chroma: ChromaConfig, *,
                embedding_model: str, dim: int) -> tuple[list[dict[str, Any]], int | None]:
-    """One Spark task per shard task; each builds its Chroma shard (:mod:`sparkrag.index.build`).
-
-    Returns:
-        The tasks' results, and how many rows travelled whole when only the changed ones did
-        (None: every row did).
-    """
+    """One Spark task per shard task; each builds its Chroma shard (:mod:`sparkrag.index.build`)."""
     from sparkrag.index.build import RESULT_SCHEMA, build_shard
 
     by_shard = {t.shard: t for t in tasks}
@@ -325,11 +288,26 @@ def _run_tasks(spark: "SparkSession", keyed: "DataFrame | None", tasks: list[Any
     def build(shard: int, batches: Iterator["pd.DataFrame"]) -> dict[str, Any]:
         return build_shard(by_shard[shard], batches, chroma, embedding_model=embedding_model, dim=dim)
 
+    return run_shard_tasks(spark, keyed, tasks, build, RESULT_SCHEMA)
+
+
+def run_shard_tasks(spark: "SparkSession", keyed: "DataFrame | None", tasks: list[Any],
+                    build: Callable[[int, Iterator["pd.DataFrame"]], dict[str, Any]], schema: str,
+                    columns: Sequence[str] | None = None) -> tuple[list[dict[str, Any]], int | None]:
+    """:func:`run_per_shard` over :func:`chroma_rows` (``columns`` of them), sending only changed rows whole
+    when every task may write a delta (:func:`_changed_rows_whole`).
+
+    Returns:
+        The tasks' results, and how many rows travelled whole when only the changed ones did
+        (None: every row did).
+    """
     rows, whole, cached = (chroma_rows(keyed), None, None) if keyed is not None else (None, None, None)
     if keyed is not None and tasks:
         rows, whole, cached = _changed_rows_whole(keyed, tasks) or (rows, None, None)
+    if rows is not None and columns:
+        rows = rows.select(*columns, *[c for c in ("_narrow",) if c in rows.columns])
     try:
-        return run_per_shard(spark, rows, [t.shard for t in tasks], build, RESULT_SCHEMA), whole
+        return run_per_shard(spark, rows, [t.shard for t in tasks], build, schema), whole
     finally:
         if cached is not None:
             cached.unpersist()

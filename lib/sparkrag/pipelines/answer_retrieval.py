@@ -102,7 +102,8 @@ def plan_retrieval(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec:
     if lexical is not None and len(lexical.dirs) != len(refs):
         raise VectorStoreError(f"the lexical index ({cfg.lexical.path}) has {len(lexical.dirs)} shard(s), the vector "
                                f"index {len(refs)}: rerun the ingest job")
-    on_disk = [p for ref in refs for p in (ref.path, ref.delta) if p] + list(lexical.dirs if lexical and not lexical.archive else [])
+    on_disk = [p for ref in refs for p in (ref.path, ref.delta) if p]
+    on_disk += lexical.on_disk() if lexical and not lexical.archive else []
     access, why = choose_access(spark, r.shard_access, len(refs), _folder_bytes(on_disk))
     rec.outputs["shard_access"] = f"{access} ({why})"
     log.info("retrieval: %s access to %d shard(s) (%s)", access, len(refs), why)

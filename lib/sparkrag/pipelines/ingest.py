@@ -248,8 +248,8 @@ def _ingest(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
 
         with rec.stage("lexical_index"):  # sharded as the vector index is: shard i of both holds the same documents
             built = sync_lexical_index(chunks, cfg.lexical, chunks_version=rec.input_versions.get(names.chunks),
-                                       shards=sync["shards"], full_refresh=cfg.ingest.full_refresh, spark=spark,
-                                       summaries=summaries)
+                                       shards=sync["shards"], full_refresh=cfg.ingest.full_refresh,
+                                       compact_at=cfg.chroma.compact_at, spark=spark, summaries=summaries)
             rec.counts.update({f"lexical_{k}": v for k, v in built.items()})
     for cached in (checked, pairs):
         cached.unpersist()
