@@ -137,3 +137,39 @@ def test_auto_picks_by_index_size_against_memory(spark, indexed):
     assert choose_access(spark, "partitioned", 1, 0) == ("partitioned", "retrieval.shard_access=partitioned")
     root, questions = indexed
     assert contexts(spark, root, questions.limit(3))["_access"].startswith("replicated (auto: the index")
+
+
+def test_deltas_read_alike_in_every_access(spark, indexed, tmp_path):
+    """An incremental ingest that writes deltas (Chroma and BM25 shards): partitioned workers, replicated workers
+    reading in place and workers reading shipped snapshots return the same contexts."""
+    import shutil
+
+    from sparkrag.delta import open_tables
+    from sparkrag.pipelines.ingest import run_ingest
+
+    src, questions = indexed
+    root = tmp_path / "copy"
+    shutil.copytree(src, root)
+    cfg = make_cfg(root, "chroma.compact_at=0.5")
+    changed, dropped = {d["doc_id"] for d in DOCS[:6]}, {d["doc_id"] for d in DOCS[6:9]}
+    docs = [(d["doc_id"], d["title"], d["text"] + (" zephyrine valve" if d["doc_id"] in changed else ""),
+             "wikipedia" if i % 5 else "notes", "en" if i % 3 else "de")
+            for i, d in enumerate(DOCS) if d["doc_id"] not in dropped]
+    open_tables(spark, cfg.tables).write(spark.createDataFrame(
+        docs, "doc_id string, title string, text string, source string, lang string"), cfg.names.documents,
+        mode="overwrite")
+    counts = run_ingest(spark, cfg)["counts"]
+    assert counts["chroma_shards_delta"] > 0 and counts["lexical_shards_delta"] > 0
+    assert counts["lexical_tokenized"] < counts["chroma_total"] / 2  # only the changed documents' chunks
+    sets = ["retrieval.mode=hybrid", *FILTERS]
+    replicated = contexts(spark, root, questions, *sets, "retrieval.shard_access=replicated")
+    shipped = contexts(spark, root, questions, *sets, "retrieval.shard_access=replicated",
+                       "answer.chroma_access=snapshot")
+    assert shipped == replicated
+    assert_same(replicated, contexts(spark, root, questions, *sets, "retrieval.shard_access=partitioned"))
+    zephyrine = contexts(spark, root, questions.limit(1).selectExpr("qid", "'zephyrine valve' AS question",
+                                                                      "CAST(NULL AS STRING) AS q_lang",
+                                                                      "CAST(NULL AS STRING) AS q_needle"),
+                         "retrieval.mode=lexical")
+    found = {c["doc_id"] for c in zephyrine[next(k for k in zephyrine if k != "_access")][1]}
+    assert found and found <= changed  # the new text is searchable, from the BM25 deltas
