@@ -262,6 +262,28 @@ def test_failed_build_leaves_the_published_index_unchanged(spark, tmp_path):
     on_disk_matches(cfg, tmp_path / "chroma" / "shards.shards")
 
 
+def test_only_the_changes_travel_to_delta_tasks(spark, tmp_path):
+    """With every base's pairs on disk, a task gets the changed rows whole and the base pairs the table lost as
+    keys (``_masked``), never the unchanged rows."""
+    from sparkrag.index.build import ShardTask
+    from sparkrag.index.sync import ShardSummaries, _diff_rows
+
+    cfg = rag_cfg(tmp_path / "chroma", shards=2, compact_at=0.5)
+    sync(spark, corpus(), cfg)
+    rows = corpus(changed={"doc-001": 7, "doc-002": 8}, dropped=("doc-003",))
+    keyed = ShardSummaries(chunks_frame(spark, rows)).keyed(2)
+    dirs = manifest(cfg)["dirs"]
+    tasks = [ShardTask(i, "shards", base=dirs[i], target="t", root=cfg.chroma.path, compact_at=0.5) for i in (0, 1)]
+    diff, n_changed, cached = _diff_rows(keyed, tasks)
+    got = [(r["chunk_id"], r["_masked"], r["embedding"] is not None, r["text"] is not None) for r in diff.collect()]
+    cached.unpersist()
+    new = {f"doc-00{d}:{c}" for d in (1, 2) for c in range(4)}
+    assert n_changed == 8 and sorted(got) == sorted([(c, False, True, True) for c in new] +  # whole, new hash
+                                                    [(c, True, False, False) for c in new] +  # old hash hidden
+                                                    [(f"doc-003:{c}", True, False, False) for c in range(4)])
+    assert _diff_rows(keyed, [dataclasses.replace(t, compact_at=0.0) for t in tasks]) is None  # no deltas: whole
+
+
 def query_on_executors(spark, index_fn, q: np.ndarray) -> list[list[str]]:
     def run(batches):
         import pandas as pd

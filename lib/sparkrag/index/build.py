@@ -67,6 +67,7 @@ class ShardTask:
     target: str | None = None  # new versioned directory (embedded); None: a server collection
     root: str | None = None  # the store's POSIX root; None: return the shard as a tar.gz (Hadoop store)
     compact_at: float = 0.0  # a delta may hold up to this fraction of the base's size; 0: always rebuild
+    diff: bool = False  # the rows are the changes against the base's pairs (see whole_rows), not the whole shard
 
 
 def _doc_hashes(pdf: "pd.DataFrame") -> list[str]:
@@ -131,19 +132,23 @@ def apply_rows(collection: Any, batches: Iterable["pd.DataFrame"], *, shard: int
 
 
 def whole_rows(pdf: "pd.DataFrame", seen: dict[str, str], held: Any, shard: int) -> "pd.DataFrame":
-    """The batch's rows sent whole; the ``_narrow`` ones (keys only) go to ``seen``, and must be ``held`` as they are."""
-    if "_narrow" not in pdf.columns:
+    """The batch's rows sent whole. With a diff (``ShardTask.diff``) the rows flagged ``_masked`` are base pairs
+    the table no longer has, sent as keys: they leave ``seen`` (which starts as the base's pairs) and must be
+    ``held`` by the base."""
+    if "_masked" not in pdf.columns:
         return pdf
-    thin = pdf["_narrow"].to_numpy(dtype=bool)
-    if thin.any():
-        part = pdf[thin]
+    flag = pdf["_masked"].to_numpy(dtype=bool)
+    if flag.any():
+        part = pdf[flag]
         pairs = dict(zip(part["chunk_id"].astype(str), _doc_hashes(part)))
         wrong = [cid for cid, h in pairs.items() if not held(cid, h)]
         if wrong:
-            raise VectorStoreError(f"shard {shard}: chunk {wrong[0]!r} came without its vector but the shard does not "
-                                   f"hold it ({len(wrong)} such); the shard changed during the sync? rerun")
-        seen.update(pairs)
-    return pdf[~thin]
+            raise VectorStoreError(f"shard {shard}: chunk {wrong[0]!r} is to be hidden but the shard does not hold "
+                                   f"it ({len(wrong)} such); the shard changed during the sync? rerun")
+        for cid, h in pairs.items():
+            if seen.get(cid) == h:  # not when the same id already came back with another hash
+                del seen[cid]
+    return pdf[~flag]
 
 
 def _check_shard(pdf: "pd.DataFrame", shard: int) -> None:
@@ -189,9 +194,13 @@ class DeltaSplit:
     fits: bool
 
 
-def split_delta(batches: Iterable["pd.DataFrame"], shard: int, base: dict[str, str], limit: float) -> DeltaSplit:
-    """Stream rows until the changes pass ``limit`` (then stop: the task compacts) or the rows end."""
-    seen: dict[str, str] = {}
+def split_delta(batches: Iterable["pd.DataFrame"], shard: int, base: dict[str, str], limit: float, *,
+                diff: bool = False) -> DeltaSplit:
+    """Stream rows until the changes pass ``limit`` (then stop: the task compacts) or the rows end.
+
+    ``diff``: the rows are the changes against ``base`` (:func:`whole_rows`), not every row of the shard.
+    """
+    seen: dict[str, str] = dict(base) if diff else {}
     changed: list["pd.DataFrame"] = []
     n_changed = 0
     stream = iter(batches)
@@ -246,7 +255,7 @@ def build_shard(task: ShardTask, batches: Iterable["pd.DataFrame"], cfg: ChromaC
     if task.base is not None and task.root is not None and task.compact_at > 0:
         base = read_pairs(store.full_path(task.base))
         if base is not None:
-            split = split_delta(batches, task.shard, base, task.compact_at * len(base))
+            split = split_delta(batches, task.shard, base, task.compact_at * len(base), diff=task.diff)
             if split.fits:
                 return _build_delta(task, split, named, embedding_model=embedding_model, dim=dim)
             log.info("shard %d: changes pass chroma.compact_at=%s of its %d chunks: rebuilding it", task.shard,

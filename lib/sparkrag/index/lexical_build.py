@@ -97,12 +97,12 @@ def _lengths(text: "Postings", title: "Postings | None") -> tuple[int, int]:
 
 
 def build_shard(task: ShardTask, cfg: LexicalConfig, batches: Iterable["pd.DataFrame"]) -> dict[str, Any]:
-    """Bring ``task``'s shard in step with its rows (``COLUMNS``, and ``_narrow`` for rows sent as keys only)."""
+    """Bring ``task``'s shard in step with its rows (``COLUMNS``; with ``task.diff``, the changes only)."""
     store = ShardStore(task.root or "", task.collection)
     pairs = read_pairs(store.full_path(task.base)) if task.base is not None and task.compact_at > 0 else None
     seen: dict[str, str] = {}
     if pairs is not None:
-        split = split_delta(batches, task.shard, pairs, task.compact_at * len(pairs))
+        split = split_delta(batches, task.shard, pairs, task.compact_at * len(pairs), diff=task.diff)
         if split.fits and not split.changed and not split.masked:  # back to what the base holds
             text_len, title_len = _lengths(*LexicalIndex.load_postings(store.full_path(task.base or ""))[1:])
             return {"shard": task.shard, "target": task.base, "delta": "", "fingerprint": shard_fingerprint(split.seen),
@@ -120,8 +120,7 @@ def build_shard(task: ShardTask, cfg: LexicalConfig, batches: Iterable["pd.DataF
     def whole() -> Iterator["pd.DataFrame"]:
         for pdf in batches:
             pdf = whole_rows(pdf, seen, lambda cid, h: held.get(cid) == h, task.shard)
-            seen.update({cid: h for cid, h in zip(pdf["chunk_id"].astype(str), pdf["doc_hash"].astype(str))
-                         if cid not in seen})
+            seen.update(zip(pdf["chunk_id"].astype(str), pdf["doc_hash"].astype(str)))
             yield pdf
 
     ids, texts, metas, hashes = _index_rows(whole())
@@ -181,13 +180,11 @@ def _build_delta(task: ShardTask, cfg: LexicalConfig, store: ShardStore, changed
 
 def build_tasks(spark: "SparkSession", keyed: "DataFrame | None", tasks: list[ShardTask],
                 cfg: LexicalConfig) -> list[dict[str, Any]]:
-    """One Spark task per shard task; with bases' pairs, only changed rows travel whole (text and metadata)."""
+    """One Spark task per shard task; with bases' pairs, only the changes travel (:func:`~sparkrag.index.sync.run_shard_tasks`)."""
     from sparkrag.index.sync import run_shard_tasks
 
-    by_shard = {t.shard: t for t in tasks}
-
-    def build(shard: int, batches: Iterator["pd.DataFrame"]) -> dict[str, Any]:
-        return build_shard(by_shard[shard], cfg, batches)
+    def build(task: ShardTask, batches: Iterator["pd.DataFrame"]) -> dict[str, Any]:
+        return build_shard(task, cfg, batches)
 
     return run_shard_tasks(spark, keyed, tasks, build, RESULT_SCHEMA, columns=COLUMNS)[0]
 

@@ -283,31 +283,32 @@ def _run_tasks(spark: "SparkSession", keyed: "DataFrame | None", tasks: list[Any
     """One Spark task per shard task; each builds its Chroma shard (:mod:`sparkrag.index.build`)."""
     from sparkrag.index.build import RESULT_SCHEMA, build_shard
 
-    by_shard = {t.shard: t for t in tasks}
-
-    def build(shard: int, batches: Iterator["pd.DataFrame"]) -> dict[str, Any]:
-        return build_shard(by_shard[shard], batches, chroma, embedding_model=embedding_model, dim=dim)
+    def build(task: Any, batches: Iterator["pd.DataFrame"]) -> dict[str, Any]:
+        return build_shard(task, batches, chroma, embedding_model=embedding_model, dim=dim)
 
     return run_shard_tasks(spark, keyed, tasks, build, RESULT_SCHEMA)
 
 
 def run_shard_tasks(spark: "SparkSession", keyed: "DataFrame | None", tasks: list[Any],
-                    build: Callable[[int, Iterator["pd.DataFrame"]], dict[str, Any]], schema: str,
+                    build: Callable[[Any, Iterator["pd.DataFrame"]], dict[str, Any]], schema: str,
                     columns: Sequence[str] | None = None) -> tuple[list[dict[str, Any]], int | None]:
-    """:func:`run_per_shard` over :func:`chroma_rows` (``columns`` of them), sending only changed rows whole
-    when every task may write a delta (:func:`_changed_rows_whole`).
+    """``build(task, batches)`` per :class:`~sparkrag.index.build.ShardTask`, over :func:`chroma_rows`
+    (``columns`` of them); only the changes travel when every task may write a delta (:func:`_diff_rows`,
+    the tasks then get ``diff``).
 
     Returns:
-        The tasks' results, and how many rows travelled whole when only the changed ones did
-        (None: every row did).
+        The tasks' results, and how many rows travelled whole when only the changes did (None: every row did).
     """
     rows, whole, cached = (chroma_rows(keyed), None, None) if keyed is not None else (None, None, None)
-    if keyed is not None and tasks:
-        rows, whole, cached = _changed_rows_whole(keyed, tasks) or (rows, None, None)
+    found = _diff_rows(keyed, tasks) if keyed is not None and tasks else None
+    if found is not None:
+        rows, whole, cached = found
+        tasks = [dataclasses.replace(t, diff=True) for t in tasks]
     if rows is not None and columns:
-        rows = rows.select(*columns, *[c for c in ("_narrow",) if c in rows.columns])
+        rows = rows.select(*columns, *[c for c in ("_masked",) if c in rows.columns])
+    by_shard = {t.shard: t for t in tasks}
     try:
-        return run_per_shard(spark, rows, [t.shard for t in tasks], build, schema), whole
+        return run_per_shard(spark, rows, list(by_shard), lambda s, b: build(by_shard[s], b), schema), whole
     finally:
         if cached is not None:
             cached.unpersist()
@@ -318,37 +319,47 @@ def run_shard_tasks(spark: "SparkSession", keyed: "DataFrame | None", tasks: lis
 MAX_BROADCAST_CHANGES = 200_000
 
 
-def _changed_rows_whole(keyed: "DataFrame", tasks: list[Any]) -> "tuple[DataFrame, int, DataFrame] | None":
-    """Rows for delta builds: the rows a shard's base lacks in full, every other one as ``(chunk_id, doc_hash)``.
+def _diff_rows(keyed: "DataFrame", tasks: list[Any]) -> "tuple[DataFrame, int, DataFrame] | None":
+    """The table's changes against the tasks' bases: rows the bases lack, whole, and base pairs the table lacks,
+    as keys flagged ``_masked`` (:func:`~sparkrag.index.build.whole_rows`).
 
     Only when every task has a base with its pairs file (an embedded store on a POSIX path)
-    and may write a delta. The shuffle to the tasks then carries the vectors and text of the
-    changed rows, not of the whole shard. Rows are told apart by ``_narrow``.
+    and may write a delta. One join of the table's and the bases' pairs finds both; the
+    shuffle to the tasks then carries the changes, not the shards, and a task knows the rest
+    from its base's pairs.
 
     Returns:
-        (rows, rows sent whole, the cached frame of changed keys to unpersist), or None.
+        (rows, rows sent whole, the cached frame of differences to unpersist), or None.
     """
+    from functools import reduce
+
     from pyspark.sql import functions as F
 
     from sparkrag.index.build import PAIRS_FILE
 
-    paths = [os.path.join(t.root, t.base, PAIRS_FILE) for t in tasks if t.root and t.base and t.compact_at > 0]
-    if len(paths) < len(tasks) or not all(os.path.isfile(p) for p in paths):
+    paths = {t.shard: os.path.join(t.root, t.base, PAIRS_FILE) for t in tasks if t.root and t.base and t.compact_at > 0}
+    if len(paths) < len(tasks) or not all(os.path.isfile(p) for p in paths.values()):
         return None
-    base = keyed.sparkSession.read.parquet(*[f"file://{p}" for p in paths])
-    narrow = keyed.where(F.col("_shard").isin([t.shard for t in tasks])).select("chunk_id", "doc_hash", "_shard")
-    changed = narrow.join(base, ["chunk_id", "doc_hash"], "left_anti").select("chunk_id", "doc_hash").cache()
-    n_changed = changed.count()
+    spark, shard_type = keyed.sparkSession, keyed.schema["_shard"].dataType
+    base = reduce(lambda a, b: a.unionByName(b), [
+        spark.read.parquet(f"file://{p}").select("chunk_id", "doc_hash", F.lit(s).cast(shard_type).alias("_shard"))
+        for s, p in paths.items()])
+    narrow = keyed.where(F.col("_shard").isin(list(paths))).select("chunk_id", "doc_hash", "_shard")
+    keys = ["chunk_id", "doc_hash", "_shard"]
+    diff = (narrow.withColumn("_new", F.lit(True)).join(base.withColumn("_old", F.lit(True)), keys, "full_outer")
+            .where(F.col("_new").isNull() | F.col("_old").isNull())
+            .select(*keys, F.col("_old").isNull().alias("_added")).cache())
+    n_changed = diff.where("_added").count()
     if n_changed > MAX_BROADCAST_CHANGES:
-        changed.unpersist()
+        diff.unpersist()
         return None
     wide = chroma_rows(keyed)
-    whole = wide.join(F.broadcast(changed), ["chunk_id", "doc_hash"], "left_semi")
-    keep = {"chunk_id", "doc_hash", "_shard"}
-    thin = narrow.join(F.broadcast(changed), ["chunk_id", "doc_hash"], "left_anti").select(
-        *[F.col(f.name) if f.name in keep else F.lit(None).cast(f.dataType).alias(f.name) for f in wide.schema.fields])
-    rows = whole.withColumn("_narrow", F.lit(False)).unionByName(thin.withColumn("_narrow", F.lit(True)))
-    return rows, n_changed, changed
+    changed = diff.where("_added").select("chunk_id", "doc_hash")
+    whole = wide.join(F.broadcast(changed), ["chunk_id", "doc_hash"], "left_semi").withColumn("_masked", F.lit(False))
+    masked = diff.where(~F.col("_added")).select(
+        *[F.col(f.name) if f.name in keys else F.lit(None).cast(f.dataType).alias(f.name) for f in wide.schema.fields],
+        F.lit(True).alias("_masked"))
+    return whole.unionByName(masked), n_changed, diff
 
 
 def _publish(store: ShardStore, base: Manifest | None, results: list[dict[str, Any]], fingerprints: list[str],
