@@ -527,3 +527,24 @@ def test_help_lists_every_option(capsys):
 
     assert {"--config", "--set", "--documents", "--chunks-table", "--collection", "--chroma-path",
             "--full-refresh", "--log-level"} <= help_options(main, build_parser, capsys)
+
+
+@pytest.mark.parametrize("limit", [100_000, 0], ids=["broadcast", "window"])
+def test_repeated_document_ids_are_found_alike_by_broadcast_and_by_window(spark, monkeypatch, limit):
+    """Repeated ids come from an aggregate of the ids joined back by broadcast; past the broadcast limit, from
+    a window over every row. Both reject the same rows with the same reasons."""
+    from sparkrag.config import RagConfig
+    from sparkrag.pipelines import ingest
+
+    monkeypatch.setattr(ingest, "MAX_BROADCAST_DUPLICATES", limit)
+    rows = [("a", "T", "x"), ("a", "T", "y"), ("b", "T", "z"), (None, "T", "w"), (None, "T", "v"),
+            *[("c", "T", "u")] * 3, ("d", "T", "  ")]
+    checked = ingest.check_documents(spark.createDataFrame(rows, "doc_id string, title string, text string"),
+                                     RagConfig(), table="docs")
+    assert checked.columns == ["doc_id", "title", "text", "_reason", "_column", "doc_hash"]
+    got = sorted(((r["doc_id"] or ""), r["_reason"] or "", r["_column"] or "", r["doc_hash"] is not None)
+                 for r in checked.collect())
+    assert got == sorted([*[("a", "duplicate document id (2 rows)", "doc_id", False)] * 2, ("b", "", "", True),
+                          *[("", "null or empty document id", "doc_id", False)] * 2,
+                          *[("c", "duplicate document id (3 rows)", "doc_id", False)] * 3,
+                          ("d", "null or empty text", "text", False)])

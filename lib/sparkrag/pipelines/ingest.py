@@ -101,14 +101,14 @@ def check_documents(df: "DataFrame", cfg: RagConfig, *, table: str) -> "DataFram
     One frame that both halves of :func:`split_documents` read: cache it and the documents
     are read, checked and hashed once.
     """
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     _check_input(df, cfg, table)
     cols = cfg.documents
     doc = _normalised(cfg)
     doc_id, text = doc["doc_id"], doc["text"]
-    dupes = F.count(F.lit(1)).over(Window.partitionBy(doc_id))
+    df = _with_duplicates(df, doc_id)
+    dupes = F.coalesce(F.col("_dupes"), F.lit(1))
     # F.trim strips spaces only: "\n\t" would pass, chunk to nothing and look new on every run.
     blank = r"(?U)^\s*$"
     undecodable = _undecodable_columns(df, cfg)
@@ -126,11 +126,32 @@ def check_documents(df: "DataFrame", cfg: RagConfig, *, table: str) -> "DataFram
         column = column.when(invalid, F.lit(name))
     column = (column.when(doc_id.isNull() | doc_id.rlike(blank) | (dupes > 1), F.lit(cols.id))
               .otherwise(F.lit(cols.text)))
-    checked = df.withColumn("_reason", reason).withColumn("_column", F.when(F.col("_reason").isNotNull(), column))
+    checked = (df.withColumn("_reason", reason).withColumn("_column", F.when(F.col("_reason").isNotNull(), column))
+               .drop("_dupes"))
     fingerprint = settings_fingerprint(cfg)
     doc_hash = F.sha2(F.concat_ws("\u0001", F.lit(fingerprint), F.to_json(
         F.struct(text.alias("text"), doc["title"].alias("title"), F.to_json(doc["metadata"]).alias("m")))), 256)
     return checked.withColumn("doc_hash", F.when(F.col("_reason").isNull(), doc_hash))
+
+
+# Documents sharing an id are found by an aggregate of the ids alone and joined back by
+# broadcast while there are at most this many such ids (else a window over all columns).
+MAX_BROADCAST_DUPLICATES = 100_000
+
+
+def _with_duplicates(df: "DataFrame", doc_id: "Column") -> "DataFrame":
+    """``df`` with ``_dupes``: how many rows share the row's document id when more than one, else null.
+
+    One job counts repeated ids over the id column only; a window would shuffle every row, text
+    and all, to count them (issue #13: the plan of a 1%-change rerun reads every document).
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    repeated = df.groupBy(doc_id.alias("_dup_id")).agg(F.count(F.lit(1)).alias("_dupes")).where("_dupes > 1")
+    if repeated.count() <= MAX_BROADCAST_DUPLICATES:
+        return df.join(F.broadcast(repeated), doc_id == F.col("_dup_id"), "left").drop("_dup_id")
+    return df.withColumn("_dupes", F.count(F.lit(1)).over(Window.partitionBy(doc_id)))
 
 
 def split_documents(checked: "DataFrame", cfg: RagConfig) -> tuple["DataFrame", "DataFrame"]:
@@ -211,10 +232,11 @@ def _ingest(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
     names = cfg.names
     rec.input_versions[names.documents] = tables.version(names.documents)
     raw = tables.read(names.documents)
-    checked = check_documents(raw, cfg, table=names.documents)
+    _check_input(raw, cfg, names.documents)  # before any work
     chroma_sync.open_for_ingest(cfg, embedding_model=model_id, dim=dim, full_refresh=cfg.ingest.full_refresh)
     with rec.stage("plan"):
-        checked = checked.cache()  # read, checked and hashed once: it feeds the plan, the rejects and the embeds
+        # read, checked and hashed once: it feeds the plan, the rejects and the embeds
+        checked = check_documents(raw, cfg, table=names.documents).cache()
         valid, bad = split_documents(checked, cfg)
         existing, rec.counts["duplicate_pairs_healed"], pairs = _existing_pairs(tables, cfg)
         plan = _plan(cfg, valid, bad, existing)
@@ -276,8 +298,8 @@ def _existing_pairs(tables: "Tables", cfg: RagConfig) -> tuple["DataFrame", int,
     # The same chunk under the same doc_hash twice is a duplicate; one chunk id under two
     # hashes is a document mid-change (a run killed before its stale-pair delete), which the
     # plan's stale pairs resolve without re-embedding anything.
-    pairs = (chunks.groupBy("doc_id", "doc_hash")
-             .agg((F.count(F.lit(1)) > F.countDistinct("chunk_id")).alias("_repeated")).cache())
+    pairs = (chunks.groupBy("doc_id", "doc_hash")  # collect_set: one aggregation, where countDistinct takes two
+             .agg((F.count(F.lit(1)) > F.size(F.collect_set("chunk_id"))).alias("_repeated")).cache())
     repeated = pairs.where("_repeated").select("doc_id", "doc_hash")
     found = repeated.count()
     if found:
