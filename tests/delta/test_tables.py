@@ -122,6 +122,24 @@ def test_merge_creates_missing_table_and_delete_keys(spark, tables, tmp_path):
     assert sorted(r["id"] for r in _deltars_rows(path)) == [0, 2, 4]
 
 
+@pytest.mark.delta_rs_only
+def test_files_a_delete_rewrites_keep_row_groups_spark_can_split(spark, tables, tmp_path, monkeypatch):
+    """delta-rs rewrites a touched file as one row group unless told otherwise, and Spark reads a row group in
+    one task: a rerun would read the rewritten table on one core."""
+    import pyarrow.parquet as pq
+
+    from sparkrag.delta import delta_rs
+
+    monkeypatch.setattr(delta_rs, "REWRITE_ROW_GROUP_ROWS", 100)
+    path = str(tmp_path / "t")
+    tables.write(spark.createDataFrame(_rows(0, 1000), ALL_TYPES).coalesce(1), path)
+    tables.delete_keys(spark.createDataFrame([(5,)], "id long"), path, keys=["id"])
+    tables.delete_where(path, "id = 7")
+    files = [u.removeprefix("file://") for u in DeltaTable(path).file_uris()]
+    assert len(files) == 1 and pq.ParquetFile(files[0]).metadata.num_row_groups == 10  # 998 rows
+    assert tables.read(path).count() == 998
+
+
 def test_delete_where(spark, tables, tmp_path):
     path = str(tmp_path / "t")
     tables.write(spark.createDataFrame(_rows(0, 6), ALL_TYPES), path)

@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 __all__ = ["DeltaRsTables"]
 
 _MERGE_STAGING = "_sparkrag_staging"  # merges stage their source here, inside the table's folder
+# Rows per row group of files a merge or delete rewrites. delta-rs writes a rewritten file as one
+# row group by default, and Spark reads a row group in one task: a 1%-change rerun then read
+# the whole rewritten documents or chunks table on one core (issue #13). Our own writes make
+# row groups of one Arrow batch (spark.sql.execution.arrow.maxRecordsPerBatch, 10,000).
+REWRITE_ROW_GROUP_ROWS = 10_000
 
 
 class DeltaRsTables(Tables):
@@ -92,7 +97,8 @@ class DeltaRsTables(Tables):
             dataset = pads.dataset(staging, format="parquet")
             for attempt in range(self.cfg.commit_retries + 1):
                 merger = self._delta(table).merge(
-                    dataset.scanner().to_reader(), predicate=on, source_alias="s", target_alias="t")
+                    dataset.scanner().to_reader(), predicate=on, source_alias="s", target_alias="t",
+                    writer_properties=_rewrite_properties())
                 if when_matched == "update":
                     merger = merger.when_matched_update_all()
                 elif when_matched == "update_changed":
@@ -125,4 +131,10 @@ class DeltaRsTables(Tables):
         return os.path.join(self.location(table), _MERGE_STAGING, uuid.uuid4().hex)
 
     def delete_where(self, table: str, predicate: str) -> dict[str, Any]:
-        return {"table": table, **self._delta(table).delete(predicate)}
+        return {"table": table, **self._delta(table).delete(predicate, writer_properties=_rewrite_properties())}
+
+
+def _rewrite_properties() -> Any:
+    from deltalake import WriterProperties
+
+    return WriterProperties(max_row_group_size=REWRITE_ROW_GROUP_ROWS)

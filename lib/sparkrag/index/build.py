@@ -18,7 +18,9 @@ and changed chunks, and ``MASKED_FILE``, the base ids that readers must skip (de
 changed). Each run rebuilds the delta against the base, so a shard never has more than
 one, and its cost follows the changes, not the shard. Past the threshold (or with
 ``compact_at`` 0, or a base without ``PAIRS_FILE``) the task compacts: it copies the base
-into staging, applies every difference and writes a new base without a delta.
+into staging, applies every difference and writes a new base without a delta. When every
+task's base has its pairs, a task receives only the changes (``ShardTask.diff``): the rows its
+base lacks, whole, and the base pairs the table lost, as keys (:func:`whole_rows`).
 """
 
 from __future__ import annotations
@@ -187,7 +189,7 @@ def read_masked(directory: str) -> frozenset[str]:
 class DeltaSplit:
     """A shard's rows against its base: what a delta would hold, or (``fits`` False) what compaction applies."""
 
-    seen: dict[str, str]  # every streamed row's pair
+    seen: dict[str, str]  # the shard's pairs as streamed so far (diff: the base's, with the changes applied)
     changed: list["pd.DataFrame"]  # rows the base lacks or holds with another hash
     rest: Iterator["pd.DataFrame"]  # rows not streamed yet (compaction only)
     masked: list[str]
