@@ -266,7 +266,7 @@ def test_only_the_changes_travel_to_delta_tasks(spark, tmp_path):
     """With every base's pairs on disk, a task gets the changed rows whole and the base pairs the table lost as
     keys (``_masked``), never the unchanged rows."""
     from sparkrag.index.build import ShardTask
-    from sparkrag.index.sync import ShardSummaries, _diff_rows
+    from sparkrag.index.shard_jobs import ShardSummaries, _diff_rows
 
     cfg = rag_cfg(tmp_path / "chroma", shards=2, compact_at=0.5)
     sync(spark, corpus(), cfg)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sparkrag.index.layout import shard_column, shard_fingerprint
-from sparkrag.index.sync import shard_summaries
+from sparkrag.index.shard_jobs import shard_summaries
 
 ROWS = [  # ids that are prefixes of others, non-ASCII ids, a null hash, a repeated pair
     ("d1", "d1#0", "h1"), ("d1", "d1#0x", "h2"), ("d2", "Beyoncé#3", "h3"), ("d2", "Beyonce#3", None),

@@ -139,13 +139,18 @@ def test_auto_picks_by_index_size_against_memory(spark, indexed):
     assert contexts(spark, root, questions.limit(3))["_access"].startswith("replicated (auto: the index")
 
 
-def test_deltas_read_alike_in_every_access(spark, indexed, tmp_path):
-    """An incremental ingest that writes deltas (Chroma and BM25 shards): partitioned workers, replicated workers
-    reading in place and workers reading shipped snapshots return the same contexts."""
+def test_deltas_read_alike_in_every_access(spark, indexed, tmp_path, monkeypatch):
+    """An incremental ingest that writes deltas (Chroma and BM25 shards, from one diff of the table against their
+    bases): partitioned workers, replicated workers reading in place and workers reading shipped snapshots return
+    the same contexts."""
     import shutil
 
     from sparkrag.delta import open_tables
+    from sparkrag.index import shard_jobs
     from sparkrag.pipelines.ingest import run_ingest
+
+    diffs = []
+    monkeypatch.setattr(shard_jobs, "_diff_rows", lambda *a, _f=shard_jobs._diff_rows: diffs.append(1) or _f(*a))
 
     src, questions = indexed
     root = tmp_path / "copy"
@@ -160,6 +165,7 @@ def test_deltas_read_alike_in_every_access(spark, indexed, tmp_path):
         mode="overwrite")
     counts = run_ingest(spark, cfg)["counts"]
     assert counts["chroma_shards_delta"] > 0 and counts["lexical_shards_delta"] > 0
+    assert len(diffs) == 1  # the BM25 sync reused the Chroma sync's diff: their bases hold the same pairs
     assert counts["lexical_tokenized"] < counts["chroma_total"] / 2  # only the changed documents' chunks
     sets = ["retrieval.mode=hybrid", *FILTERS]
     replicated = contexts(spark, root, questions, *sets, "retrieval.shard_access=replicated")

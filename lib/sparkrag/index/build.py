@@ -48,14 +48,15 @@ from sparkrag.index.layout import ShardStore, shard_fingerprint
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["ShardTask", "RESULT_SCHEMA", "PAIRS_FILE", "MASKED_FILE", "build_shard", "apply_rows", "extract_archive",
-           "read_masked", "read_pairs", "write_pairs", "split_delta", "whole_rows"]
+__all__ = ["ShardTask", "RESULT_SCHEMA", "PAIRS_FILE", "PAIRS_DIGEST", "MASKED_FILE", "build_shard", "apply_rows",
+           "extract_archive", "read_masked", "read_pairs", "write_pairs", "split_delta", "whole_rows"]
 
 log = logging.getLogger(__name__)
 
 RESULT_SCHEMA = ("shard int, target string, delta string, deleted long, loaded long, total long, "
                  "fingerprint string, archive binary, load_seconds double, copy_seconds double")
 PAIRS_FILE = "sparkrag-pairs.parquet"  # in a base: its (chunk_id, doc_hash) pairs
+PAIRS_DIGEST = "sparkrag-pairs.sha256"  # beside it: their shard_fingerprint (equal digests, equal pairs)
 MASKED_FILE = "sparkrag-masked.json"  # in a delta: the base's ids it hides
 
 
@@ -166,6 +167,8 @@ def write_pairs(directory: str, pairs: dict[str, str]) -> None:
     ids = sorted(pairs)
     pq.write_table(pa.table({"chunk_id": ids, "doc_hash": [pairs[i] for i in ids]}),
                    os.path.join(directory, PAIRS_FILE))
+    with open(os.path.join(directory, PAIRS_DIGEST), "w", encoding="utf-8") as fh:
+        fh.write(shard_fingerprint(pairs))
 
 
 def read_pairs(directory: str) -> dict[str, str] | None:
@@ -268,8 +271,9 @@ def build_shard(task: ShardTask, batches: Iterable["pd.DataFrame"], cfg: ChromaC
         start = time.perf_counter()
         if task.base is not None:
             store.fetch(task.base, staging)
-            if os.path.exists(os.path.join(staging, PAIRS_FILE)):
-                os.remove(os.path.join(staging, PAIRS_FILE))  # rewritten below from what the shard holds
+            for name in (PAIRS_FILE, PAIRS_DIGEST):  # rewritten below from what the shard holds
+                if os.path.exists(os.path.join(staging, name)):
+                    os.remove(os.path.join(staging, name))
         copied = time.perf_counter()
         result.update(_load_staging(staging, named, batches, task.shard, embedding_model=embedding_model, dim=dim,
                                     seen=seen))

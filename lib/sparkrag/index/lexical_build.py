@@ -38,9 +38,10 @@ from sparkrag.index.lexical import LexicalIndex
 
 if TYPE_CHECKING:
     import pandas as pd
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import SparkSession
 
     from sparkrag.index.bm25 import Postings
+    from sparkrag.index.shard_jobs import ShardSummaries
 
 __all__ = ["DF_CHANGE_FILE", "RESULT_SCHEMA", "build_tasks", "open_patched", "sum_terms"]
 
@@ -178,15 +179,16 @@ def _build_delta(task: ShardTask, cfg: LexicalConfig, store: ShardStore, changed
             "text_len": lens[0] + text_len, "title_len": lens[1] + title_len}
 
 
-def build_tasks(spark: "SparkSession", keyed: "DataFrame | None", tasks: list[ShardTask],
+def build_tasks(spark: "SparkSession", summaries: "ShardSummaries", n: int, tasks: list[ShardTask],
                 cfg: LexicalConfig) -> list[dict[str, Any]]:
-    """One Spark task per shard task; with bases' pairs, only the changes travel (:func:`~sparkrag.index.sync.run_shard_tasks`)."""
-    from sparkrag.index.sync import run_shard_tasks
+    """One Spark task per shard task; with bases' pairs, only the changes travel
+    (:func:`~sparkrag.index.shard_jobs.run_shard_tasks`)."""
+    from sparkrag.index.shard_jobs import run_shard_tasks
 
     def build(task: ShardTask, batches: Iterator["pd.DataFrame"]) -> dict[str, Any]:
         return build_shard(task, cfg, batches)
 
-    return run_shard_tasks(spark, keyed, tasks, build, RESULT_SCHEMA, columns=COLUMNS)[0]
+    return run_shard_tasks(spark, summaries, n, tasks, build, RESULT_SCHEMA, columns=COLUMNS)[0]
 
 
 def sum_terms(spark: "SparkSession", store: ShardStore, dirs: list[str], deltas: list[str], target: str) -> None:

@@ -43,7 +43,7 @@ from sparkrag.models import worker_cached
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from sparkrag.index.sync import ShardSummaries
+    from sparkrag.index.shard_jobs import ShardSummaries
 
 __all__ = ["LexicalManifest", "LexicalRefs", "ShardedLexical", "sum_stats", "sync_lexical_index",
            "resolve_lexical", "load_published"]
@@ -294,7 +294,7 @@ def sync_lexical_index(chunks: "DataFrame | None", cfg: LexicalConfig, *, chunks
 
     from sparkrag.index.build import ShardTask
     from sparkrag.index.lexical_build import build_tasks, sum_terms
-    from sparkrag.index.sync import ShardSummaries
+    from sparkrag.index.shard_jobs import ShardSummaries
 
     if not cfg.enabled:
         return {}
@@ -309,13 +309,19 @@ def sync_lexical_index(chunks: "DataFrame | None", cfg: LexicalConfig, *, chunks
         log.info("lexical index %s is current (chunks table version %s)", cfg.path, chunks_version)
         return {"chunks": sum(current.counts), "shards": n, "shards_rebuilt": 0, "shards_delta": 0, "tokenized": 0,
                 "rebuilt": 0}
-    summaries = summaries or ShardSummaries(chunks)
+    if summaries is None:
+        summaries = ShardSummaries(chunks)
+        try:
+            return sync_lexical_index(chunks, cfg, chunks_version=chunks_version, shards=n, full_refresh=full_refresh,
+                                      compact_at=compact_at, spark=spark, summaries=summaries)
+        finally:
+            summaries.release()
     fingerprints, counts = summaries(n)
     generation = (current.generation if current else 0) + 1
     tasks = [ShardTask(i, NAME, base=current.dirs[i] if reuse else None, target=store.new_dir(i, generation),
                        root=store.root, compact_at=float(compact_at))  # unchanged chunks keep their postings
              for i in range(n) if not reuse or current.fingerprints[i] != fingerprints[i]]
-    results = {r["shard"]: r for r in build_tasks(spark, summaries.keyed(n), tasks, cfg)}
+    results = {r["shard"]: r for r in build_tasks(spark, summaries, n, tasks, cfg)}
     for i, r in results.items():
         if r["fingerprint"] != fingerprints[i]:
             raise VectorStoreError(f"lexical shard {i}: built {r['total']} chunks that differ from the chunks "

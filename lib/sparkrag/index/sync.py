@@ -18,22 +18,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator
 
 from sparkrag.config import ChromaConfig, RagConfig
 from sparkrag.errors import ConfigError, VectorStoreError
-from sparkrag.index.vectorstore import DOC_HASH_KEY
 from sparkrag.index.layout import Manifest, ShardStore, default_shard_count, is_legacy_directory, open_store, \
-    partition_keys, server_shard_names, shard_column, shard_fingerprint
+    server_shard_names
+from sparkrag.index.shard_jobs import ShardSummaries, chroma_rows, run_shard_tasks
 
 if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["open_for_ingest", "sync_collection", "chroma_rows", "write_partitions_to_server", "shard_summaries",
-           "ShardSummaries", "run_per_shard", "run_shard_tasks"]
+__all__ = ["open_for_ingest", "sync_collection", "chroma_rows", "write_partitions_to_server", "ShardSummaries"]
 
 log = logging.getLogger(__name__)
 
@@ -91,67 +89,12 @@ def open_for_ingest(cfg: RagConfig, *, embedding_model: str, dim: int, full_refr
             pass
 
 
-def chroma_rows(chunks: "DataFrame") -> "DataFrame":
-    """Chunk rows as every index stores them: doc_hash folded into the metadata (Chroma, exact, BM25)."""
-    from pyspark.sql import functions as F
-
-    meta = F.map_concat(F.coalesce(F.col("metadata"), F.create_map().cast("map<string,string>")),
-                        F.create_map(F.lit(DOC_HASH_KEY), F.col("doc_hash")))
-    extra = [c for c in ("doc_hash", "_shard") if c in chunks.columns]
-    return chunks.select("chunk_id", "embedding", "text", "doc_id", "chunk_index", "title", meta.alias("metadata"),
-                         *extra)
-
-
 def _shard_count(cfg: RagConfig, existing: int | None, n_chunks: int, parallelism: int) -> int:
     if cfg.chroma.shards is not None:
         if cfg.chroma.shards < 1:
             raise ConfigError(f"chroma.shards: expected >= 1 or null, got {cfg.chroma.shards}")
         return cfg.chroma.shards
     return existing or default_shard_count(n_chunks, parallelism)
-
-
-def shard_summaries(keyed: "DataFrame | None", n: int) -> tuple[list[str], list[int]]:
-    """Per shard: the fingerprint and count of the table's (chunk_id, doc_hash) pairs.
-
-    A Spark aggregate: each shard's pairs are hashed where the shard's rows are, and the
-    driver receives ``n`` rows, whatever the corpus size (issue #13). The digest is
-    :func:`~sparkrag.index.layout.shard_fingerprint`'s: the sha256 of the lines
-    ``chunk_id\tdoc_hash\n`` sorted by chunk_id ('\t' sorts before every character of an
-    id, so sorting whole lines sorts by id; a null hash is written ``None``, as Python does).
-    """
-    from pyspark.sql import functions as F
-
-    fingerprints, counts = [shard_fingerprint({})] * n, [0] * n
-    if keyed is None:
-        return fingerprints, counts
-    line = F.concat(F.col("chunk_id"), F.lit("\t"), F.coalesce(F.col("doc_hash"), F.lit("None")), F.lit("\n"))
-    pairs = keyed.select("_shard", "chunk_id", "doc_hash").dropDuplicates()  # a repeated pair counts once
-    per_shard = (pairs.select(F.col("_shard"), line.alias("line")).groupBy("_shard")
-                 .agg(F.sha2(F.concat_ws("", F.sort_array(F.collect_list("line"))), 256).alias("fingerprint"),
-                      F.count(F.lit(1)).alias("n")))
-    for row in per_shard.collect():  # one row per shard
-        fingerprints[row["_shard"]], counts[row["_shard"]] = row["fingerprint"], int(row["n"])
-    return fingerprints, counts
-
-
-class ShardSummaries:
-    """:func:`shard_summaries` of one chunks table, once per shard count.
-
-    The ingest's Chroma and BM25 syncs share one: a single Spark aggregate per ingest.
-    """
-
-    def __init__(self, chunks: "DataFrame | None") -> None:
-        self.chunks = chunks
-        self._by_count: dict[int, tuple[list[str], list[int]]] = {}
-
-    def keyed(self, n: int) -> "DataFrame | None":
-        """The chunks with ``_shard`` for ``n`` shards."""
-        return self.chunks.withColumn("_shard", shard_column("doc_id", n)) if self.chunks is not None else None
-
-    def __call__(self, n: int) -> tuple[list[str], list[int]]:
-        if n not in self._by_count:
-            self._by_count[n] = shard_summaries(self.keyed(n), n)
-        return self._by_count[n]
 
 
 def sync_collection(chunks: "DataFrame | None", cfg: RagConfig, *, embedding_model: str, dim: int,
@@ -174,7 +117,14 @@ def sync_collection(chunks: "DataFrame | None", cfg: RagConfig, *, embedding_mod
     from pyspark.sql import SparkSession
 
     spark = spark or (chunks.sparkSession if chunks is not None else SparkSession.getActiveSession())
-    chroma, summaries = cfg.chroma, summaries or ShardSummaries(chunks)
+    if summaries is None:
+        summaries = ShardSummaries(chunks)
+        try:
+            return sync_collection(chunks, cfg, embedding_model=embedding_model, dim=dim, spark=spark,
+                                   summaries=summaries)
+        finally:
+            summaries.release()
+    chroma = cfg.chroma
     if chroma.mode == "server":
         return _sync(spark, summaries, cfg, None, embedding_model=embedding_model, dim=dim)
     store = open_store(chroma, spark)
@@ -201,7 +151,6 @@ def _sync(spark: "SparkSession", summaries: ShardSummaries, cfg: RagConfig, stor
     chunks = summaries.chunks
     n_chunks = chunks.count() if chunks is not None and chroma.shards is None and not existing else 0
     n = _shard_count(cfg, existing, n_chunks, parallelism)
-    keyed = summaries.keyed(n)
     fingerprints, counts = summaries(n)
     same_layout = manifest is not None and manifest.shards == n
     if store is None:
@@ -216,7 +165,7 @@ def _sync(spark: "SparkSession", summaries: ShardSummaries, cfg: RagConfig, stor
                  for i in range(n) if not same_layout or manifest.fingerprints[i] != fingerprints[i]]
     log.info("Chroma %r: %d chunks in %d shard(s); rebuilding %s", chroma.collection, sum(counts), n,
              [t.shard for t in tasks] if len(tasks) < n else "all")
-    results, whole = _run_tasks(spark, keyed, tasks, chroma, embedding_model=embedding_model, dim=dim)
+    results, whole = _run_tasks(spark, summaries, n, tasks, chroma, embedding_model=embedding_model, dim=dim)
     for r in results:
         log.info("shard %d: %d vectors, %d loaded, %d deleted in %.1fs (+%.1fs copying) -> %s", r["shard"], r["total"],
                  r["loaded"], r["deleted"], r["load_seconds"], r["copy_seconds"],
@@ -246,39 +195,7 @@ def _drop_other_server_shards(chroma: ChromaConfig, keep: list[str]) -> None:
         log.info("dropped Chroma collection %r of the previous shard layout", name)
 
 
-def run_per_shard(spark: "SparkSession", rows: "DataFrame | None", shards: list[int],
-                  build: Callable[[int, Iterator["pd.DataFrame"]], dict[str, Any]], schema: str) -> list[dict[str, Any]]:
-    """``build(shard, batches)`` once per shard of ``shards``, each in its own Spark task with exactly its rows.
-
-    ``rows`` carry ``_shard``. The driver receives one result row per shard. A shard whose
-    rows all vanished may get no task (empty shuffle partitions): it is built on the driver
-    from no rows.
-    """
-    from pyspark.sql import functions as F
-
-    if not shards:
-        return []
-    keys = partition_keys(len(shards))
-    results: list[dict[str, Any]] = []
-    if rows is not None:
-        to_key = F.create_map(*[F.lit(x) for s, k in zip(shards, keys) for x in (s, k)])
-        keyed = (rows.where(F.col("_shard").isin(shards))
-                 .withColumn("_pkey", to_key[F.col("_shard")].cast("long")))  # typed as the keys were hashed
-
-        def task(batches: Iterator["pd.DataFrame"]) -> Iterator["pd.DataFrame"]:
-            import pandas as pd
-            from pyspark import TaskContext
-
-            shard = shards[TaskContext.get().partitionId()]
-            yield pd.DataFrame([build(shard, (b.drop(columns=["_pkey"]) for b in batches))])
-
-        results = [r.asDict() for r in keyed.repartition(len(shards), "_pkey").mapInPandas(task, schema).collect()]
-    done = {r["shard"] for r in results}
-    results += [build(s, iter(())) for s in shards if s not in done]
-    return sorted(results, key=lambda r: r["shard"])
-
-
-def _run_tasks(spark: "SparkSession", keyed: "DataFrame | None", tasks: list[Any], chroma: ChromaConfig, *,
+def _run_tasks(spark: "SparkSession", summaries: ShardSummaries, n: int, tasks: list[Any], chroma: ChromaConfig, *,
                embedding_model: str, dim: int) -> tuple[list[dict[str, Any]], int | None]:
     """One Spark task per shard task; each builds its Chroma shard (:mod:`sparkrag.index.build`)."""
     from sparkrag.index.build import RESULT_SCHEMA, build_shard
@@ -286,80 +203,7 @@ def _run_tasks(spark: "SparkSession", keyed: "DataFrame | None", tasks: list[Any
     def build(task: Any, batches: Iterator["pd.DataFrame"]) -> dict[str, Any]:
         return build_shard(task, batches, chroma, embedding_model=embedding_model, dim=dim)
 
-    return run_shard_tasks(spark, keyed, tasks, build, RESULT_SCHEMA)
-
-
-def run_shard_tasks(spark: "SparkSession", keyed: "DataFrame | None", tasks: list[Any],
-                    build: Callable[[Any, Iterator["pd.DataFrame"]], dict[str, Any]], schema: str,
-                    columns: Sequence[str] | None = None) -> tuple[list[dict[str, Any]], int | None]:
-    """``build(task, batches)`` per :class:`~sparkrag.index.build.ShardTask`, over :func:`chroma_rows`
-    (``columns`` of them); only the changes travel when every task may write a delta (:func:`_diff_rows`,
-    the tasks then get ``diff``).
-
-    Returns:
-        The tasks' results, and how many rows travelled whole when only the changes did (None: every row did).
-    """
-    rows, whole, cached = (chroma_rows(keyed), None, None) if keyed is not None else (None, None, None)
-    found = _diff_rows(keyed, tasks) if keyed is not None and tasks else None
-    if found is not None:
-        rows, whole, cached = found
-        tasks = [dataclasses.replace(t, diff=True) for t in tasks]
-    if rows is not None and columns:
-        rows = rows.select(*columns, *[c for c in ("_masked",) if c in rows.columns])
-    by_shard = {t.shard: t for t in tasks}
-    try:
-        return run_per_shard(spark, rows, list(by_shard), lambda s, b: build(by_shard[s], b), schema), whole
-    finally:
-        if cached is not None:
-            cached.unpersist()
-
-
-# A delta build needs the vectors and text of the changed rows only. Their keys are broadcast
-# to pick them (the driver handles at most this many); past it every row travels whole.
-MAX_BROADCAST_CHANGES = 200_000
-
-
-def _diff_rows(keyed: "DataFrame", tasks: list[Any]) -> "tuple[DataFrame, int, DataFrame] | None":
-    """The table's changes against the tasks' bases: rows the bases lack, whole, and base pairs the table lacks,
-    as keys flagged ``_masked`` (:func:`~sparkrag.index.build.whole_rows`).
-
-    Only when every task has a base with its pairs file (an embedded store on a POSIX path)
-    and may write a delta. One join of the table's and the bases' pairs finds both; the
-    shuffle to the tasks then carries the changes, not the shards, and a task knows the rest
-    from its base's pairs.
-
-    Returns:
-        (rows, rows sent whole, the cached frame of differences to unpersist), or None.
-    """
-    from functools import reduce
-
-    from pyspark.sql import functions as F
-
-    from sparkrag.index.build import PAIRS_FILE
-
-    paths = {t.shard: os.path.join(t.root, t.base, PAIRS_FILE) for t in tasks if t.root and t.base and t.compact_at > 0}
-    if len(paths) < len(tasks) or not all(os.path.isfile(p) for p in paths.values()):
-        return None
-    spark, shard_type = keyed.sparkSession, keyed.schema["_shard"].dataType
-    base = reduce(lambda a, b: a.unionByName(b), [
-        spark.read.parquet(f"file://{p}").select("chunk_id", "doc_hash", F.lit(s).cast(shard_type).alias("_shard"))
-        for s, p in paths.items()])
-    narrow = keyed.where(F.col("_shard").isin(list(paths))).select("chunk_id", "doc_hash", "_shard")
-    keys = ["chunk_id", "doc_hash", "_shard"]
-    diff = (narrow.withColumn("_new", F.lit(True)).join(base.withColumn("_old", F.lit(True)), keys, "full_outer")
-            .where(F.col("_new").isNull() | F.col("_old").isNull())
-            .select(*keys, F.col("_old").isNull().alias("_added")).cache())
-    n_changed = diff.where("_added").count()
-    if n_changed > MAX_BROADCAST_CHANGES:
-        diff.unpersist()
-        return None
-    wide = chroma_rows(keyed)
-    changed = diff.where("_added").select("chunk_id", "doc_hash")
-    whole = wide.join(F.broadcast(changed), ["chunk_id", "doc_hash"], "left_semi").withColumn("_masked", F.lit(False))
-    masked = diff.where(~F.col("_added")).select(
-        *[F.col(f.name) if f.name in keys else F.lit(None).cast(f.dataType).alias(f.name) for f in wide.schema.fields],
-        F.lit(True).alias("_masked"))
-    return whole.unionByName(masked), n_changed, diff
+    return run_shard_tasks(spark, summaries, n, tasks, build, RESULT_SCHEMA)
 
 
 def _publish(store: ShardStore, base: Manifest | None, results: list[dict[str, Any]], fingerprints: list[str],

@@ -259,24 +259,36 @@ def _ingest(spark: "SparkSession", tables: "Tables", cfg: RagConfig, rec: RunRec
             rec.counts["chunks_deleted"] = int(out.get("num_target_rows_deleted", 0))
     if tables.exists(names.chunks):
         rec.input_versions[names.chunks] = tables.version(names.chunks)
+    chunks = tables.read(names.chunks) if tables.exists(names.chunks) else None
+    # per-shard fingerprints and the diff against the bases: computed once for both indexes
+    summaries = chroma_sync.ShardSummaries(chunks)
+    try:
+        _sync_indexes(spark, cfg, rec, chunks, summaries, model_id, dim)
+    finally:
+        summaries.release()
+    for cached in (checked, pairs):
+        cached.unpersist()
+    rec.metrics["chunks_per_second"] = rec.counts["chunks_embedded"] / max(rec.stage_seconds["chunk_embed_write"], 1e-9)
+    log.info("ingest run %s done: %s", rec.run_id, rec.counts)
+
+
+def _sync_indexes(spark: "SparkSession", cfg: RagConfig, rec: RunRecorder, chunks: "DataFrame | None",
+                  summaries: Any, model_id: str, dim: int) -> None:
+    """Bring the Chroma index, then the BM25 index (sharded alike) in step with the chunks table."""
+    from sparkrag.index import sync as chroma_sync
+
     with rec.stage("chroma_load"):
-        chunks = tables.read(names.chunks) if tables.exists(names.chunks) else None
-        summaries = chroma_sync.ShardSummaries(chunks)  # per-shard fingerprints: one aggregate for both indexes
         sync = chroma_sync.sync_collection(chunks, cfg, embedding_model=model_id, dim=dim, spark=spark,
                                            summaries=summaries)
         rec.counts.update({f"chroma_{k}": v for k, v in sync.items()})
     if cfg.lexical.enabled:
         from sparkrag.index.lexical_shards import sync_lexical_index
 
-        with rec.stage("lexical_index"):  # sharded as the vector index is: shard i of both holds the same documents
-            built = sync_lexical_index(chunks, cfg.lexical, chunks_version=rec.input_versions.get(names.chunks),
+        with rec.stage("lexical_index"):  # shard i of both indexes holds the same documents
+            built = sync_lexical_index(chunks, cfg.lexical, chunks_version=rec.input_versions.get(cfg.names.chunks),
                                        shards=sync["shards"], full_refresh=cfg.ingest.full_refresh,
                                        compact_at=cfg.chroma.compact_at, spark=spark, summaries=summaries)
             rec.counts.update({f"lexical_{k}": v for k, v in built.items()})
-    for cached in (checked, pairs):
-        cached.unpersist()
-    rec.metrics["chunks_per_second"] = rec.counts["chunks_embedded"] / max(rec.stage_seconds["chunk_embed_write"], 1e-9)
-    log.info("ingest run %s done: %s", rec.run_id, rec.counts)
 
 
 def _existing_pairs(tables: "Tables", cfg: RagConfig) -> tuple["DataFrame", int, "DataFrame"]:
