@@ -13,7 +13,9 @@ the Chroma sync's) with the manifest's and rebuilds only the changed shards, one
 each. BM25 needs corpus-wide figures (documents, mean length, document frequencies): every
 shard stores its own terms, a Spark aggregate sums them over all shards into the stats
 folder, and every shard scores with the sums at query time (:mod:`sparkrag.index.bm25`), so
-a sharded score equals the one-index score and an unchanged shard is never rewritten.
+a sharded score equals the one-index score and an unchanged shard is never rewritten. A
+shard with few changes gets a delta folder over its base, as a Chroma shard does
+(:mod:`sparkrag.index.lexical_build`; manifest ``deltas``).
 Publishing replaces the manifest atomically; the driver holds per-shard summaries only.
 
 The folder must be readable by every executor (local mode, NFS, a DBFS or Unity Catalog
