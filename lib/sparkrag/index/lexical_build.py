@@ -118,15 +118,14 @@ def build_shard(task: ShardTask, cfg: LexicalConfig, batches: Iterable["pd.DataF
     old = LexicalIndex.load(store.full_path(task.base)) if task.base is not None else None
     held = {cid: m.get(DOC_HASH_KEY) for cid, m in zip(old.ids, old.metadatas)} if old is not None else {}
 
-    def whole() -> Iterator["pd.DataFrame"]:
+    def added() -> Iterator["pd.DataFrame"]:  # rows the base lacks or holds with another hash
         for pdf in batches:
             pdf = whole_rows(pdf, seen, lambda cid, h: held.get(cid) == h, task.shard)
-            seen.update(zip(pdf["chunk_id"].astype(str), pdf["doc_hash"].astype(str)))
-            yield pdf
+            pairs = list(zip(pdf["chunk_id"].astype(str), pdf["doc_hash"].astype(str)))
+            seen.update(pairs)
+            yield pdf[[held.get(cid) != h for cid, h in pairs]]
 
-    ids, texts, metas, hashes = _index_rows(whole())
-    new = [k for k, (cid, h) in enumerate(zip(ids, hashes)) if held.get(cid) != h]
-    ids, texts, metas = [ids[k] for k in new], [texts[k] for k in new], [metas[k] for k in new]
+    ids, texts, metas, _ = _index_rows(added())
     if old is None:
         index = LexicalIndex.build(ids, texts, metas, cfg)
     else:
@@ -158,8 +157,8 @@ def _build_delta(task: ShardTask, cfg: LexicalConfig, store: ShardStore, changed
         if postings is None:
             lens.append(0)
             continue
-        term_of = np.repeat(np.arange(len(postings.terms)), np.diff(postings.indptr))
-        removed = np.bincount(term_of[gone[postings.docs]], minlength=len(postings.terms))
+        _, term_of, doc_of, _ = postings.triples()
+        removed = np.bincount(term_of[gone[doc_of]], minlength=len(postings.terms))
         for k in np.flatnonzero(removed):
             change["field"].append(name)
             change["term"].append(postings.terms[k])

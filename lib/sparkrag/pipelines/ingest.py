@@ -99,7 +99,7 @@ def check_documents(df: "DataFrame", cfg: RagConfig, *, table: str) -> "DataFram
     """The input rows with ``_reason`` and ``_column`` (null for a valid row) and ``doc_hash`` (valid rows).
 
     One frame that both halves of :func:`split_documents` read: cache it and the documents
-    are read, checked and hashed once.
+    are read, checked and hashed once. Finding repeated ids runs one Spark job over the ids.
     """
     from pyspark.sql import functions as F
 
@@ -149,8 +149,10 @@ def _with_duplicates(df: "DataFrame", doc_id: "Column") -> "DataFrame":
     from pyspark.sql import functions as F
 
     repeated = df.groupBy(doc_id.alias("_dup_id")).agg(F.count(F.lit(1)).alias("_dupes")).where("_dupes > 1")
-    if repeated.count() <= MAX_BROADCAST_DUPLICATES:
-        return df.join(F.broadcast(repeated), doc_id == F.col("_dup_id"), "left").drop("_dup_id")
+    found = repeated.limit(MAX_BROADCAST_DUPLICATES + 1).collect()  # bounded: at most that many ids
+    if len(found) <= MAX_BROADCAST_DUPLICATES:
+        small = df.sparkSession.createDataFrame(found, "_dup_id string, _dupes long")
+        return df.join(F.broadcast(small), doc_id == F.col("_dup_id"), "left").drop("_dup_id")
     return df.withColumn("_dupes", F.count(F.lit(1)).over(Window.partitionBy(doc_id)))
 
 
